@@ -1,0 +1,34 @@
+# Two commands for a fresh clone: `make run` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test unit integration lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: the whole stack on the embedded default (examples/): demo upstreams, control plane, Envoy
+run: $(STAMP)
+	$(BIN)/python -m junction.demo
+
+## test: every test, the real-Envoy integration tests included
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check junction tests loadtest
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,186 @@
+"""Loading a Junction document: YAML text in, a validated :class:`Config` or a
+:class:`ConfigError` out, with every problem named by its YAML path and line."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from junction.config.errors import ConfigError, Problem, format_path
+from junction.config.model import Config, group_by_prefix
+from junction.config.yamldoc import Document, parse_yaml
+
+__all__ = ["config_version", "cross_check", "load_config", "validate_document"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_config(text: str, origin: str) -> Config:
+    """Parse and validate ``text``; ``origin`` (a file path or ``consul:KEY``) prefixes errors."""
+    doc = parse_yaml(text, origin)
+    return validate_document(doc, Config, origin)
+
+
+def config_version(text: str) -> str:
+    """A short, stable version for a document's text (what /status and logs show)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def validate_document(doc: Document, model: type[M], origin: str) -> M:
+    """Validate parsed YAML against ``model``; used for configs and instance files alike."""
+    if not isinstance(doc.data, dict):
+        what = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        raise ConfigError(origin, [Problem("", f"must be a mapping, got {what}", doc.line_of(()))])
+    try:
+        result = model.model_validate(doc.data)
+    except ValidationError as exc:
+        problems = [_problem(err, doc, model) for err in exc.errors()]
+        raise ConfigError(origin, _dedupe(problems)) from None
+    if isinstance(result, Config):
+        cross = cross_check(result)
+        if cross:
+            raise ConfigError(
+                origin, [Problem(format_path(p), m, doc.line_of(p)) for p, m in cross]
+            )
+    return result
+
+
+def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span sections; returns (path, message) pairs."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    many = isinstance(config.route, list)
+
+    def route_path(i: int, *rest: str | int) -> tuple[str | int, ...]:
+        return ("route", i, *rest) if many else ("route", *rest)
+
+    known = set(config.cluster_names())
+    for name in config.endpoint.eds:
+        if name not in known:
+            out.append(
+                (("endpoint", "eds", name), "no route or cluster.loadbalancer entry names it")
+            )
+    seen: dict[str, int] = {}
+    for i, block in enumerate(config.route_blocks()):
+        for j, domain in enumerate(block.domain):
+            if domain in seen:
+                out.append(
+                    (route_path(i, "domain", j), f"{domain!r} is already served by route[{seen[domain]}]")
+                )
+            seen.setdefault(domain, i)
+        for prefix, members in group_by_prefix(block).items():
+            if sum(w for _, w in members) == 0:
+                first = members[0][0]
+                out.append(
+                    (
+                        route_path(i, "cluster", first, "weight"),
+                        f"prefix {prefix!r}: the weights of its clusters sum to 0",
+                    )
+                )
+    return out
+
+
+# ---- pydantic errors -> problems -----------------------------------------------------
+
+_MESSAGES = {
+    "missing": "required key is missing",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _problem(err: Any, doc: Document, model: type[BaseModel]) -> Problem:
+    loc = _clean_loc(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key" + _suggest(loc, model)
+    elif kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected}, got {err.get('input')!r}"
+    elif kind == "too_short":
+        message = "must not be empty"
+    elif kind in _MESSAGES:
+        got = err.get("input")
+        message = _MESSAGES[kind] + ("" if kind == "missing" else f", got {_describe(got)}")
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    return Problem(format_path(loc), message, doc.line_of(loc))
+
+
+def _clean_loc(loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """Drop pydantic's union-branch markers (``RouteBlock``, ``list[RouteBlock]``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _suggest(loc: tuple[str | int, ...], model: type[BaseModel]) -> str:
+    """'did you mean ...' from the keys the enclosing model allows."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    allowed = _allowed_keys(loc[:-1], model)
+    close = difflib.get_close_matches(loc[-1], allowed, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+
+
+def _allowed_keys(path: tuple[str | int, ...], model: type[BaseModel]) -> list[str]:
+    current: Any = model
+    for part in path:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            current = _inner_model(current)
+            if isinstance(part, int):
+                continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = next(
+            (f for n, f in current.model_fields.items() if (f.alias or n) == part), None
+        )
+        if field is None:
+            # a free-form mapping key (a cluster name): step into the mapping's values
+            current = None
+            continue
+        current = _inner_model(field.annotation)
+    current = _inner_model(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model inside ``X | None``, ``list[X]``, ``dict[str, X]`` (None if there is none)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out

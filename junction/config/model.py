@@ -1,0 +1,331 @@
+"""Typed models of the YAML users keep in Consul KV (SPEC.md section 1).
+
+The models accept the seed format exactly: kebab-case keys, unknown keys rejected. They are
+frozen; :mod:`junction.config.load` turns pydantic's errors into path-named problems.
+Derived views that translation needs (virtual hosts, weighted prefix routes, the cluster
+set) are computed here once, so translation stays a plain walk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "CLUSTER_NAME",
+    "ClusterSection",
+    "Config",
+    "EdsEndpoint",
+    "EndpointSection",
+    "HealthCheck",
+    "Listen",
+    "ListenerConfig",
+    "LoadBalancer",
+    "PrefixRoute",
+    "RouteBlock",
+    "RouteCluster",
+    "Timeouts",
+    "VirtualHost",
+    "group_by_prefix",
+]
+
+#: Consul service names (and so cluster names): DNS-label-like, as Consul recommends.
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    """An int in [lo, hi]; bools and floats are refused (YAML ``yes`` is not a port)."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise PydanticCustomError("junction", f"must be an integer {lo}..{hi}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise PydanticCustomError("junction", "must be a number of seconds, 0 < s <= 86400")
+    return float(value)
+
+
+Port = Annotated[int, _int_in(1, 65535)]
+Weight = Annotated[int, _int_in(0, 100)]
+Threshold = Annotated[int, _int_in(1, 1000)]
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
+    )
+
+
+def _check_names(names: Mapping[str, Any], what: str) -> None:
+    for name in names:
+        if not CLUSTER_NAME.match(name):
+            raise PydanticCustomError(
+                "junction",
+                f"{what} name {name!r} must be letters, digits, '.', '_' or '-' "
+                "(a Consul service name)",
+            )
+
+
+# ---- listener ------------------------------------------------------------------------
+
+
+class Listen(_Model):
+    protocol: Literal["tcp"] = "tcp"
+    address: str = "0.0.0.0"
+    port: Port
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise PydanticCustomError("junction", "must be an IP address") from None
+        return value
+
+
+class Timeouts(_Model):
+    """Seconds. ``connect`` applies to every upstream cluster; ``idle`` and ``request`` to
+    the HTTP connection manager (stream idle timeout and whole-request timeout)."""
+
+    connect: Seconds | None = None
+    idle: Seconds | None = None
+    request: Seconds | None = None
+
+
+class ListenerConfig(_Model):
+    listen: Listen
+    timeout: Timeouts = Timeouts()
+
+
+# ---- routes --------------------------------------------------------------------------
+
+
+class RouteCluster(_Model):
+    prefix: tuple[str, ...] = Field(min_length=1)
+    weight: Weight = 100
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for p in value:
+            if not p.startswith("/"):
+                raise PydanticCustomError("junction", f"prefix {p!r} must start with '/'")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("junction", "lists the same prefix twice")
+        return value
+
+
+class RouteBlock(_Model):
+    """One ``route:`` block: a set of domains (one Envoy virtual host) and its clusters."""
+
+    domain: tuple[str, ...] = Field(min_length=1)
+    host_header: str | None = None
+    cluster: dict[str, RouteCluster] = Field(min_length=1)
+
+    @field_validator("domain")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for d in value:
+            if not d or any(c.isspace() for c in d):
+                raise PydanticCustomError("junction", f"domain {d!r} is not a host name")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("junction", "lists the same domain twice")
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_names(cls, value: dict[str, RouteCluster]) -> dict[str, RouteCluster]:
+        _check_names(value, "cluster")
+        return value
+
+
+# ---- clusters ------------------------------------------------------------------------
+
+
+class HealthCheck(_Model):
+    """Envoy active health checking, exactly as configured (SPEC.md section 1)."""
+
+    type: Literal["http", "tcp"] = "http"
+    host: str | None = None
+    value: str = "/"
+    expected: tuple[str, ...] = ("200",)
+    timeout: Seconds
+    interval: Seconds
+    healthy: Threshold
+    unhealthy: Threshold
+
+    @field_validator("expected", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or not value:
+            raise PydanticCustomError("junction", "must be a non-empty list of status codes")
+        out = []
+        for code in value:
+            text = str(code) if isinstance(code, int) and not isinstance(code, bool) else code
+            if not isinstance(text, str) or not _status_range(text):
+                raise PydanticCustomError(
+                    "junction",
+                    f"{code!r} is not an HTTP status code 100..599 (or a range like '200-299')",
+                )
+            out.append(text)
+        return tuple(out)
+
+    @field_validator("value")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise PydanticCustomError("junction", "must be a path starting with '/'")
+        return value
+
+    def status_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Expected codes as half-open [start, end) ranges, the form Envoy wants."""
+        ranges = []
+        for text in self.expected:
+            lo, hi = _status_range(text) or (0, 0)
+            ranges.append((lo, hi + 1))
+        return tuple(ranges)
+
+
+def _status_range(text: str) -> tuple[int, int] | None:
+    m = re.fullmatch(r"(\d{3})(?:-(\d{3}))?", text.strip())
+    if not m:
+        return None
+    lo = int(m.group(1))
+    hi = int(m.group(2) or lo)
+    if not 100 <= lo <= hi <= 599:
+        return None
+    return lo, hi
+
+
+LbPolicy = Literal["round-robin", "least-request", "random", "ring-hash", "maglev"]
+
+
+class LoadBalancer(_Model):
+    lb_policy: LbPolicy = "round-robin"
+    discovery: Literal["eds"] = "eds"
+    health_check: HealthCheck | None = None
+
+
+class ClusterSection(_Model):
+    loadbalancer: dict[str, LoadBalancer] = {}
+
+    @field_validator("loadbalancer")
+    @classmethod
+    def _names(cls, value: dict[str, LoadBalancer]) -> dict[str, LoadBalancer]:
+        _check_names(value, "cluster")
+        return value
+
+
+class EdsEndpoint(_Model):
+    protocol: Literal["tcp"] = "tcp"
+    port: Port | None = None
+    balancing_policy: Literal["locality", "none"] = "none"
+
+
+class EndpointSection(_Model):
+    eds: dict[str, EdsEndpoint] = {}
+
+
+# ---- the document --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixRoute:
+    """One Envoy route: a prefix and the clusters that share it, with relative weights."""
+
+    prefix: str
+    clusters: tuple[tuple[str, int], ...]  # (cluster, weight), sorted by cluster name
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    host_rewrite: str | None
+    routes: tuple[PrefixRoute, ...]  # longest prefix first
+
+
+class Config(_Model):
+    """A whole Junction document. Later features add top-level sections here."""
+
+    listener: ListenerConfig
+    # The seed has one mapping; a list of them serves several domain sets (QA environments).
+    route: Annotated[
+        Annotated[RouteBlock, Tag("RouteBlock")] | Annotated[list[RouteBlock], Tag("list[RouteBlock]")],
+        Discriminator(lambda v: "list[RouteBlock]" if isinstance(v, list) else "RouteBlock"),
+    ]
+    cluster: ClusterSection = ClusterSection()
+    endpoint: EndpointSection = EndpointSection()
+
+    @field_validator("route", mode="before")
+    @classmethod
+    def _route_shape(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("junction", "must have at least one route block")
+        if not isinstance(value, dict | list):
+            raise PydanticCustomError(
+                "junction", "must be a mapping (one virtual host) or a list of them"
+            )
+        return value
+
+    # -- derived views (pure, cheap; translation calls them) --
+
+    def route_blocks(self) -> tuple[RouteBlock, ...]:
+        return tuple(self.route) if isinstance(self.route, list) else (self.route,)
+
+    def cluster_names(self) -> tuple[str, ...]:
+        """Every cluster: those routes name and those with a load-balancer entry, sorted."""
+        names = set(self.cluster.loadbalancer)
+        for block in self.route_blocks():
+            names.update(block.cluster)
+        return tuple(sorted(names))
+
+    def load_balancer(self, cluster: str) -> LoadBalancer:
+        return self.cluster.loadbalancer.get(cluster) or LoadBalancer()
+
+    def eds(self, cluster: str) -> EdsEndpoint:
+        return self.endpoint.eds.get(cluster) or EdsEndpoint()
+
+    def virtual_hosts(self) -> tuple[VirtualHost, ...]:
+        hosts = []
+        for block in self.route_blocks():
+            groups = group_by_prefix(block)
+            routes = tuple(
+                PrefixRoute(prefix, tuple(sorted(members)))
+                for prefix, members in sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+            )
+            hosts.append(VirtualHost(block.domain[0], block.domain, block.host_header, routes))
+        return tuple(hosts)
+
+
+def group_by_prefix(block: RouteBlock) -> dict[str, list[tuple[str, int]]]:
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for cluster, rc in block.cluster.items():
+        for prefix in rc.prefix:
+            groups.setdefault(prefix, []).append((cluster, rc.weight))
+    return groups

@@ -1,0 +1,110 @@
+"""Envoy v3 resources as Junction carries them: named, versioned, immutable.
+
+A :class:`Snapshot` is what translation produces and what every xDS stream serves from.
+Each resource's version is a hash of its deterministic serialization, so an unchanged
+resource keeps its version across snapshots (what delta xDS needs), and a type's version
+is a hash of its resources' names and versions (what state-of-the-world xDS needs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+__all__ = [
+    "ADS_ORDER",
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "ROUTE",
+    "TYPE_URLS",
+    "Resource",
+    "Snapshot",
+    "short_type",
+]
+
+_PREFIX = "type.googleapis.com/"
+CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+
+#: The order ADS must send types in so Envoy never sees a reference to a missing resource
+#: (xDS protocol, "Eventual consistency considerations": CDS, EDS, LDS, RDS).
+ADS_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+TYPE_URLS = frozenset(ADS_ORDER)
+
+
+def short_type(type_url: str) -> str:
+    """``...cluster.v3.Cluster`` -> ``Cluster`` (for logs and /status)."""
+    return type_url.rsplit(".", 1)[-1]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One Envoy resource. ``version`` is a content hash; ``payload`` its wire bytes."""
+
+    name: str
+    message: Message
+    payload: bytes
+    version: str
+
+    @classmethod
+    def of(cls, name: str, message: Message) -> Resource:
+        payload = message.SerializeToString(deterministic=True)
+        return cls(name, message, payload, _digest(payload))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every resource Junction serves, by type URL and name. Immutable."""
+
+    resources: Mapping[str, Mapping[str, Resource]]
+    #: Where the config came from and its version, for mapping NACKs back to a source.
+    origin: str = ""
+    config_version: str = ""
+    versions: Mapping[str, str] = field(init=False)
+    version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        frozen = {
+            t: MappingProxyType(dict(sorted(self.resources.get(t, {}).items())))
+            for t in ADS_ORDER
+        }
+        object.__setattr__(self, "resources", MappingProxyType(frozen))
+        versions = {t: type_version(frozen[t].values()) for t in ADS_ORDER}
+        object.__setattr__(self, "versions", MappingProxyType(versions))
+        whole = _digest("".join(versions[t] for t in ADS_ORDER).encode())
+        object.__setattr__(self, "version", whole)
+
+    @classmethod
+    def build(
+        cls,
+        by_type: Mapping[str, Iterable[tuple[str, Message]]],
+        origin: str = "",
+        config_version: str = "",
+    ) -> Snapshot:
+        return cls(
+            {t: {n: Resource.of(n, m) for n, m in items} for t, items in by_type.items()},
+            origin=origin,
+            config_version=config_version,
+        )
+
+    def of_type(self, type_url: str) -> Mapping[str, Resource]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+    def counts(self) -> dict[str, int]:
+        return {short_type(t): len(self.of_type(t)) for t in ADS_ORDER}
+
+
+def type_version(resources: Iterable[Resource]) -> str:
+    """Version of a set of resources of one type: a hash of their names and versions."""
+    return _digest("\n".join(f"{r.name}={r.version}" for r in resources).encode())
