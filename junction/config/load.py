@@ -39,6 +39,7 @@ def validate_document(doc: Document, model: type[M], origin: str) -> M:
         result = model.model_validate(doc.data)
     except ValidationError as exc:
         problems = [_problem(err, doc, model) for err in exc.errors()]
+        problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ConfigError(origin, _dedupe(problems)) from None
     if isinstance(result, Config):
         cross = cross_check(result)
