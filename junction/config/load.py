@@ -6,7 +6,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -69,7 +70,10 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         for j, domain in enumerate(block.domain):
             if domain in seen:
                 out.append(
-                    (route_path(i, "domain", j), f"{domain!r} is already served by route[{seen[domain]}]")
+                    (
+                        route_path(i, "domain", j),
+                        f"{domain!r} is already served by route[{seen[domain]}]",
+                    )
                 )
             seen.setdefault(domain, i)
         for prefix, members in group_by_prefix(block).items():
@@ -144,36 +148,40 @@ def _suggest(loc: tuple[str | int, ...], model: type[BaseModel]) -> str:
 
 
 def _allowed_keys(path: tuple[str | int, ...], model: type[BaseModel]) -> list[str]:
-    current: Any = model
+    """The keys a mapping at ``path`` may have, when a model defines them."""
+    options: list[Any] = [model]
     for part in path:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            current = _inner_model(current)
-            if isinstance(part, int):
-                continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = next(
-            (f for n, f in current.model_fields.items() if (f.alias or n) == part), None
-        )
-        if field is None:
-            # a free-form mapping key (a cluster name): step into the mapping's values
-            current = None
-            continue
-        current = _inner_model(field.annotation)
-    current = _inner_model(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
+        options = [nxt for ann in options for c in _flatten(ann) if (nxt := _step(c, part))]
+    for ann in options:
+        for c in _flatten(ann):
+            if isinstance(c, type) and issubclass(c, BaseModel):
+                return [f.alias or n for n, f in c.model_fields.items()]
     return []
 
 
-def _inner_model(annotation: Any) -> Any:
-    """The model inside ``X | None``, ``list[X]``, ``dict[str, X]`` (None if there is none)."""
+def _flatten(annotation: Any) -> list[Any]:
+    """``Annotated[X | list[X], ...]`` -> ``[X, list[X]]``."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _flatten(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [c for a in get_args(annotation) for c in _flatten(a)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation one step down ``part`` (a key or an index), or None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        inner = _inner_model(arg)
-        if inner is not None:
-            return inner
+        if isinstance(part, int):
+            return None
+        fields = annotation.model_fields.items()
+        field = next((f for n, f in fields if (f.alias or n) == part), None)
+        return field.annotation if field else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict and isinstance(part, str):
+        return args[1]
+    if origin in (list, tuple) and isinstance(part, int):
+        return args[0]
     return None
 
 

@@ -276,7 +276,8 @@ class Config(_Model):
     listener: ListenerConfig
     # The seed has one mapping; a list of them serves several domain sets (QA environments).
     route: Annotated[
-        Annotated[RouteBlock, Tag("RouteBlock")] | Annotated[list[RouteBlock], Tag("list[RouteBlock]")],
+        Annotated[RouteBlock, Tag("RouteBlock")]
+        | Annotated[list[RouteBlock], Tag("list[RouteBlock]")],
         Discriminator(lambda v: "list[RouteBlock]" if isinstance(v, list) else "RouteBlock"),
     ]
     cluster: ClusterSection = ClusterSection()

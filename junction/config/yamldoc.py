@@ -27,7 +27,7 @@ class Document:
     root: yaml.Node | None
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
-        """1-based line of the deepest node on ``path`` that exists (None if the document is empty)."""
+        """1-based line of the deepest node on ``path`` that exists (None: empty document)."""
         node = self.root
         line = node.start_mark.line + 1 if node is not None else None
         for part in path:

@@ -43,7 +43,11 @@ def test_seed_example_is_accepted_as_written() -> None:
     assert config.cluster_names() == ("web-api-go", "web-api-perl", "web-asset")
     hc = config.load_balancer("web-api-perl").health_check
     assert hc is not None
-    assert (hc.host, hc.value, hc.status_ranges()) == ("www.example.com", "/health_check", ((200, 201),))
+    assert (hc.host, hc.value, hc.status_ranges()) == (
+        "www.example.com",
+        "/health_check",
+        ((200, 201),),
+    )
     assert (hc.timeout, hc.interval, hc.healthy, hc.unhealthy) == (3.0, 1.0, 3, 4)
     assert config.eds("web-api-perl").balancing_policy == "locality"
     assert config.eds("web-asset").balancing_policy == "none"
@@ -97,17 +101,47 @@ route:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("weight: 10", "weight: 101"), "line 7: route.cluster.web-api-go.weight: must be an integer 0..100"),
-        (("weight: 10", "weight: ten"), "line 7: route.cluster.web-api-go.weight: must be an integer 0..100"),
-        (("weight: 10", "weight: 1.5"), "line 7: route.cluster.web-api-go.weight: must be an integer 0..100"),
-        (("weight: 10", "weight: true"), "line 7: route.cluster.web-api-go.weight: must be an integer 0..100"),
-        (("port: 8000", "port: 70000"), "line 2: listener.listen.port: must be an integer 1..65535"),
-        (("address: 0.0.0.0", "address: localhost"), "line 2: listener.listen.address: must be an IP address"),
-        (("protocol: tcp", "protocol: udp"), "line 2: listener.listen.protocol: must be one of 'tcp', got 'udp'"),
-        (('["/api"], weight: 10', '["api"], weight: 10'), "line 7: route.cluster.web-api-go.prefix: prefix 'api' must start with '/'"),
+        (
+            ("weight: 10", "weight: 101"),
+            "line 7: route.cluster.web-api-go.weight: must be an integer 0..100",
+        ),
+        (
+            ("weight: 10", "weight: ten"),
+            "line 7: route.cluster.web-api-go.weight: must be an integer 0..100",
+        ),
+        (
+            ("weight: 10", "weight: 1.5"),
+            "line 7: route.cluster.web-api-go.weight: must be an integer 0..100",
+        ),
+        (
+            ("weight: 10", "weight: true"),
+            "line 7: route.cluster.web-api-go.weight: must be an integer 0..100",
+        ),
+        (
+            ("port: 8000", "port: 70000"),
+            "line 2: listener.listen.port: must be an integer 1..65535",
+        ),
+        (
+            ("address: 0.0.0.0", "address: localhost"),
+            "line 2: listener.listen.address: must be an IP address",
+        ),
+        (
+            ("protocol: tcp", "protocol: udp"),
+            "line 2: listener.listen.protocol: must be one of 'tcp', got 'udp'",
+        ),
+        (
+            ('["/api"], weight: 10', '["api"], weight: 10'),
+            "line 7: route.cluster.web-api-go.prefix: prefix 'api' must start with '/'",
+        ),
         (('domain: ["example.com"]', "domain: []"), "line 4: route.domain: must not be empty"),
-        (('domain: ["example.com"]', "domian: [x]"), "line 4: route.domian: unknown key (did you mean 'domain'?)"),
-        (("web-api-go: ", "web api go: "), "line 6: route.cluster: cluster name 'web api go' must be letters, digits"),
+        (
+            ('domain: ["example.com"]', "domian: [x]"),
+            "line 4: route.domian: unknown key (did you mean 'domain'?)",
+        ),
+        (
+            ("web-api-go: ", "web api go: "),
+            "line 6: route.cluster: cluster name 'web api go' must be letters, digits",
+        ),
     ],
 )
 def test_bad_values_are_named_by_path_and_line(edit: tuple[str, str], expected: str) -> None:
@@ -151,15 +185,14 @@ cluster:
 
 
 def test_cross_section_checks() -> None:
-    found = problems(
-        MINIMAL
-        + "endpoint:\n  eds:\n    web-api-prel: {port: 80}\n"
-    )
+    found = problems(MINIMAL + "endpoint:\n  eds:\n    web-api-prel: {port: 80}\n")
     assert found == [
         "line 10: endpoint.eds.web-api-prel: no route or cluster.loadbalancer entry names it"
     ]
     found = problems(MINIMAL.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"))
-    assert found == ["line 6: route.cluster.web-api-perl.weight: prefix '/api': the weights of its clusters sum to 0"]
+    assert found == [
+        "line 6: route.cluster.web-api-perl.weight: prefix '/api': the weights of its clusters sum to 0"
+    ]
     found = problems(
         """
 listener: {listen: {port: 8000}}
@@ -181,7 +214,10 @@ route:
         ("listener: [1,\n", "line 2: <document>: invalid YAML"),
         ("a: 1\na: 2\n", "line 2: a: duplicate key"),
         (MINIMAL + "route: {}\n", "line 8: route: duplicate key"),
-        ("listener: {listen: {port: 1}}\nroute: 5\n", "line 2: route: must be a mapping (one virtual host) or a list of them"),
+        (
+            "listener: {listen: {port: 1}}\nroute: 5\n",
+            "line 2: route: must be a mapping (one virtual host) or a list of them",
+        ),
         ("listener: {listen: {port: 1}}\n", "route: required key is missing"),
         ("\x00", "invalid YAML"),
     ],

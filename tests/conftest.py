@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests bind port 0, talk to 127.0.0.1 only and stop what they start."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # so tests can `import fakes`, `import consul_double`
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait until ``predicate()`` holds; fail after ``timeout`` seconds (a bound, not a goal)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
