@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from junction.config.errors import ConfigError, Problem, format_path
 from junction.config.model import Config, group_by_prefix
 from junction.config.yamldoc import Document, parse_yaml
+from junction.xds.names import RESERVED_CLUSTERS
 
 __all__ = ["config_version", "cross_check", "load_config", "validate_document"]
 
@@ -60,6 +61,13 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         return ("route", i, *rest) if many else ("route", *rest)
 
     known = set(config.cluster_names())
+    for i, block in enumerate(config.route_blocks()):
+        for name in block.cluster:
+            if name in RESERVED_CLUSTERS:
+                out.append((route_path(i, "cluster", name), "is reserved for Junction's own use"))
+    for name in config.cluster.loadbalancer:
+        if name in RESERVED_CLUSTERS:
+            out.append((("cluster", "loadbalancer", name), "is reserved for Junction's own use"))
     for name in config.endpoint.eds:
         if name not in known:
             out.append(

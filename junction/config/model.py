@@ -109,8 +109,8 @@ class Listen(_Model):
 
 
 class Timeouts(_Model):
-    """Seconds. ``connect`` applies to every upstream cluster; ``idle`` and ``request`` to
-    the HTTP connection manager (stream idle timeout and whole-request timeout)."""
+    """Seconds. ``connect``: every upstream cluster's connect timeout; ``idle``: the HTTP
+    connection manager's connection idle timeout; ``request``: each route's timeout."""
 
     connect: Seconds | None = None
     idle: Seconds | None = None

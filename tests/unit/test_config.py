@@ -204,6 +204,9 @@ route:
 """
     )
     assert found == ["line 6: route[1].domain[1]: 'a.example' is already served by route[0]"]
+    # A config cluster may not take the name of a bootstrap cluster (Envoy rejects all of CDS).
+    found = problems(MINIMAL.replace("web-api-go:  ", "junction_xds:"))
+    assert found == ["line 7: route.cluster.junction_xds: is reserved for Junction's own use"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,269 @@
+"""From sources to snapshots: last good config, coalesced rebuilds, nothing lost on bad input.
+
+The publisher is the :class:`~junction.catalog.source.SourceSink` every source reports to.
+It validates config text, keeps the last good :class:`Config`, follows the catalog, and
+rebuilds the snapshot when either changes, then hands it to the snapshot cache:
+
+- a bad document is rejected with its path-named problems (logged, shown in /status); the
+  last good config keeps serving and nothing is pushed;
+- changes are coalesced: a rebuild waits ``settle`` seconds for more changes, and two
+  publishes are at least ``min_interval`` apart, so an instance flapping fast costs a few
+  pushes a second, not one per flap;
+- a cluster the config adds is published only once the catalog has reported its instances
+  (or ``catalog_grace`` passed), so a new route does not send its share to an empty cluster;
+- a snapshot that fails :func:`check_snapshot` is not published (same as a bad document).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from junction.catalog.model import Catalog, Instance
+from junction.catalog.source import CatalogSource
+from junction.config.errors import ConfigError
+from junction.config.load import config_version, load_config
+from junction.config.model import Config
+from junction.xds.resources import Snapshot
+from junction.xds.translate import TranslateOptions, translate
+from junction.xds.validate import check_snapshot
+
+__all__ = ["Publisher", "SnapshotSink"]
+
+log = logging.getLogger("junction.xds")
+
+
+class SnapshotSink(Protocol):
+    """Where snapshots go (the xDS snapshot cache)."""
+
+    def set(self, snapshot: Snapshot) -> None: ...
+
+
+@dataclass
+class _SourceState:
+    ok: bool = True
+    error: str | None = None
+    since: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class _GoodConfig:
+    config: Config
+    origin: str
+    version: str
+    accepted_at: float
+
+
+class Publisher:
+    """Implements ``SourceSink``; run :meth:`run` as a task for the publisher's lifetime."""
+
+    def __init__(
+        self,
+        cache: SnapshotSink,
+        catalog_source: CatalogSource | None = None,
+        *,
+        options: TranslateOptions | None = None,
+        settle: float = 0.02,
+        min_interval: float = 0.1,
+        catalog_grace: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._catalog_source = catalog_source
+        self._options = options or TranslateOptions()
+        self._settle = settle
+        self._min_interval = min_interval
+        self._catalog_grace = catalog_grace
+        self._clock = clock
+
+        self._good: _GoodConfig | None = None
+        self._config_error: dict[str, Any] | None = None
+        self._catalog = Catalog()
+        self._reported: set[str] = set()  # services the catalog has reported at least once
+        self._sources: dict[str, _SourceState] = {}
+        self._dirty = asyncio.Event()
+        self._waiting_since: float | None = None
+        self._published: Snapshot | None = None
+        self._published_at = 0.0
+        self.publishes = 0  # for tests and /status: how many snapshots were handed on
+
+    # ---- SourceSink -----------------------------------------------------------------
+
+    def config_text(self, origin: str, text: str) -> None:
+        version = config_version(text)
+        if self._good is not None and self._good.version == version:
+            self._config_error = None
+            self.source_ok(origin)
+            return
+        try:
+            config = load_config(text, origin)
+        except ConfigError as exc:
+            self._reject(origin, version, exc.render())
+            return
+        self._accept(config, origin, version)
+
+    def instances(self, service: str, instances: Iterable[Instance]) -> None:
+        new = tuple(instances)
+        first = service not in self._reported
+        self._reported.add(service)
+        if first or self._catalog.instances(service) != tuple(sorted(new)):
+            self._catalog = self._catalog.replace(service, new)
+            self._dirty.set()
+
+    def source_error(self, origin: str, message: str) -> None:
+        state = self._sources.get(origin)
+        if state is None or state.ok or state.error != message:
+            log.warning("source %s: %s (serving the last good state)", origin, message)
+            self._sources[origin] = _SourceState(ok=False, error=message)
+
+    def source_ok(self, origin: str) -> None:
+        state = self._sources.get(origin)
+        if state is None or not state.ok:
+            if state is not None:
+                log.info("source %s: recovered", origin)
+            self._sources[origin] = _SourceState(ok=True)
+
+    # ---- config ---------------------------------------------------------------------
+
+    def _reject(self, origin: str, version: str, message: str) -> None:
+        log.error("config rejected, the last good config keeps serving:\n%s", message)
+        self._config_error = {
+            "origin": origin,
+            "version": version,
+            "message": message,
+            "at": time.time(),
+        }
+        self.source_error(origin, "config rejected (see config.last_error)")
+
+    def _accept(self, config: Config, origin: str, version: str) -> None:
+        self._good = _GoodConfig(config, origin, version, time.time())
+        self._config_error = None
+        self.source_ok(origin)
+        log.info("config %s accepted from %s", version, origin)
+        if self._catalog_source is not None:
+            self._catalog_source.watch(frozenset(config.cluster_names()))
+        self._waiting_since = None
+        self._dirty.set()
+
+    # ---- building -------------------------------------------------------------------
+
+    def build(self) -> Snapshot | None:
+        """Translate the current state; None (and the error recorded) if it is not publishable."""
+        good = self._good
+        if good is None:
+            return None
+        services = {s: self._catalog.instances(s) for s in good.config.cluster_names()}
+        snapshot = translate(
+            good.config,
+            Catalog(services),
+            origin=good.origin,
+            config_version=good.version,
+            options=self._options,
+        )
+        problems = check_snapshot(snapshot)
+        if problems:
+            self._reject(
+                good.origin, good.version, "\n".join(f"{good.origin}: {p}" for p in problems)
+            )
+            return None
+        return snapshot
+
+    def _missing_services(self) -> set[str]:
+        if self._good is None or self._catalog_source is None:
+            return set()
+        return set(self._good.config.cluster_names()) - self._reported
+
+    async def run(self) -> None:
+        """Rebuild and publish on every change, coalesced, until cancelled."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self._settle)
+            wait = self._published_at + self._min_interval - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            missing = self._missing_services()
+            if missing:
+                now = self._clock()
+                if self._waiting_since is None:
+                    self._waiting_since = now
+                if now - self._waiting_since < self._catalog_grace:
+                    await asyncio.sleep(min(0.05, self._catalog_grace))
+                    continue  # still dirty: look again shortly
+                log.warning(
+                    "no instances reported yet for %s after %.1fs; publishing without them",
+                    ", ".join(sorted(missing)),
+                    self._catalog_grace,
+                )
+            self._dirty.clear()
+            self._waiting_since = None
+            self.publish_now()
+
+    def publish_now(self) -> Snapshot | None:
+        """Build and hand on a snapshot if it differs from the last one published."""
+        snapshot = self.build()
+        if snapshot is None:
+            return None
+        if self._published is not None and self._published.version == snapshot.version:
+            return self._published
+        self._cache.set(snapshot)
+        self._published = snapshot
+        self._published_at = self._clock()
+        self.publishes += 1
+        log.info(
+            "published snapshot %s (config %s: %s)",
+            snapshot.version,
+            snapshot.config_version,
+            ", ".join(f"{n} {t}" for t, n in snapshot.counts().items()),
+        )
+        return snapshot
+
+    # ---- status ---------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config | None:
+        return self._good.config if self._good else None
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._published
+
+    def status(self) -> dict[str, Any]:
+        """Plain data for ``GET /status``."""
+        good = self._good
+        snap = self._published
+        return {
+            "config": {
+                "origin": good.origin if good else None,
+                "version": good.version if good else None,
+                "accepted_at": good.accepted_at if good else None,
+                "last_error": self._config_error,
+            },
+            "snapshot": {
+                "version": snap.version if snap else None,
+                "config_version": snap.config_version if snap else None,
+                "resources": snap.counts() if snap else {},
+                "publishes": self.publishes,
+            },
+            "sources": {
+                origin: {"ok": s.ok, "error": s.error, "since": s.since}
+                for origin, s in sorted(self._sources.items())
+            },
+            "instances": {
+                name: {
+                    "total": len(insts),
+                    "by_health": _count_health(insts),
+                }
+                for name, insts in self._catalog.services.items()
+            },
+        }
+
+
+def _count_health(instances: Iterable[Instance]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for inst in instances:
+        counts[inst.health.value] = counts.get(inst.health.value, 0) + 1
+    return counts
