@@ -81,8 +81,16 @@ class Catalog:
         return self.services.get(service, ())
 
     def replace(self, service: str, instances: Iterable[Instance]) -> Catalog:
-        """A new catalog with ``service``'s instances replaced."""
-        return Catalog({**self.services, service: tuple(instances)})
+        """A new catalog with ``service``'s instances replaced.
+
+        Only the changed service is sorted: with thousands of services this runs on every
+        catalog change, so it must not re-sort the others.
+        """
+        services = dict(self.services)
+        services[service] = tuple(sorted(instances))
+        new = object.__new__(Catalog)
+        object.__setattr__(new, "services", MappingProxyType(dict(sorted(services.items()))))
+        return new
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Catalog) and dict(self.services) == dict(other.services)

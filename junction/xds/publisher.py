@@ -28,8 +28,9 @@ from junction.catalog.source import CatalogSource
 from junction.config.errors import ConfigError
 from junction.config.load import config_version, load_config
 from junction.config.model import Config
+from junction.xds.incremental import IncrementalTranslator
 from junction.xds.resources import Snapshot
-from junction.xds.translate import TranslateOptions, translate
+from junction.xds.translate import DEFAULT_OPTIONS, TranslateOptions
 from junction.xds.validate import check_snapshot
 
 __all__ = ["Publisher", "SnapshotSink"]
@@ -74,7 +75,7 @@ class Publisher:
     ) -> None:
         self._cache = cache
         self._catalog_source = catalog_source
-        self._options = options or TranslateOptions()
+        self._translator = IncrementalTranslator(options or DEFAULT_OPTIONS)
         self._settle = settle
         self._min_interval = min_interval
         self._catalog_grace = catalog_grace
@@ -156,13 +157,8 @@ class Publisher:
         good = self._good
         if good is None:
             return None
-        services = {s: self._catalog.instances(s) for s in good.config.cluster_names()}
-        snapshot = translate(
-            good.config,
-            Catalog(services),
-            origin=good.origin,
-            config_version=good.version,
-            options=self._options,
+        snapshot = self._translator.translate(
+            good.config, self._catalog, origin=good.origin, config_version=good.version
         )
         problems = check_snapshot(snapshot)
         if problems:

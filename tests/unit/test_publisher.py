@@ -170,3 +170,34 @@ def test_source_errors_are_shown_until_recovery(parts) -> None:  # type: ignore[
     }
     publisher.source_ok("consul:k")
     assert publisher.status()["sources"]["consul:k"]["ok"] is True
+
+
+def test_incremental_translation_equals_a_full_translation() -> None:
+    from junction.catalog.model import Catalog
+    from junction.config.load import load_config
+    from junction.xds.incremental import IncrementalTranslator
+    from junction.xds.translate import translate
+
+    config = load_config(CONFIG, "c.yaml")
+    incremental = IncrementalTranslator()
+    catalog = Catalog({"web-api-go": GO, "web-api-perl": PERL})
+    steps = [
+        catalog,
+        catalog.replace("web-api-go", (Instance("127.0.0.1", 9001, health=Health.DRAINING),)),
+        catalog.replace("web-api-perl", PERL[:1]),
+        catalog.replace("web-api-perl", ()),
+        catalog,
+    ]
+    versions = []
+    for step in steps:
+        got = incremental.translate(config, step, origin="c.yaml", config_version="v")
+        want = translate(config, step, origin="c.yaml", config_version="v")
+        assert got.version == want.version
+        assert {t: dict(r) for t, r in got.resources.items()} == {
+            t: dict(r) for t, r in want.resources.items()
+        }
+        versions.append(got.version)
+    assert len(set(versions)) == 4 and versions[0] == versions[-1]
+    # A new config object rebuilds everything that depends on it.
+    other = load_config(CONFIG.replace("weight: 10", "weight: 20"), "c.yaml")
+    assert incremental.translate(other, catalog).version == translate(other, catalog).version
