@@ -1,0 +1,378 @@
+"""ConsulDouble: stands in for a Consul agent and its servers, over Consul's HTTP API.
+
+An aiohttp server on 127.0.0.1 (port 0) serving the subset of Consul's HTTP API that
+Junction and its tests use, as Consul documents it
+(https://developer.hashicorp.com/consul/api-docs); the state and its indexes live in
+:mod:`consul_state`.
+
+* Blocking queries (``?index=N&wait=D``, api-docs/features/blocking): held until the
+  resource's index is above N or the wait runs out (default 5 min, capped at 10 min, 0 means
+  the default), then answered with the current data and index. Consul adds up to wait/16 of
+  jitter; the double does not, so tests stay deterministic. ``X-Consul-Index`` (never 0),
+  ``X-Consul-KnownLeader`` and ``X-Consul-LastContact`` come with every read.
+* ``GET/PUT/DELETE /v1/kv/KEY`` (``recurse``, ``raw``, ``keys``, ``separator``, ``flags``,
+  ``cas``; 404 with an index for missing keys; 413 above 512 KiB).
+* ``GET /v1/health/service/NAME`` (``passing``, ``tag``, ``node-meta``), ``GET
+  /v1/catalog/services``, ``PUT /v1/catalog/register`` and ``/v1/catalog/deregister``.
+* The agent (node ``node``, with serfHealth and the ``consul`` service like a dev agent):
+  ``GET /v1/agent/services|checks``, ``PUT /v1/agent/service/register`` (TTL checks only),
+  ``/v1/agent/service/deregister/ID``, ``/v1/agent/check/register|deregister``,
+  ``/v1/agent/check/pass|warn|fail/ID``, ``/v1/agent/check/update/ID`` (TTLs expire),
+  ``/v1/agent/service/maintenance/ID`` and ``/v1/agent/maintenance``.
+* ``GET /v1/status/leader``.
+
+What it does not implement it refuses loudly: ``filter`` expressions (400), sessions (400),
+other datacenters (500 "No path to datacenter"), checks Consul would run itself (400).
+
+Test helpers: :meth:`~ConsulDouble.put_kv`, :meth:`~ConsulDouble.catalog_register` (the JSON
+of ``PUT /v1/catalog/register``, NodeMeta included: py-consul sends node meta as query
+parameters, not in the body where Consul documents it),
+:meth:`~ConsulDouble.set_check`, :meth:`~ConsulDouble.snapshot` and
+:meth:`~ConsulDouble.restore` (indexes go backwards, blocked queries return),
+:meth:`~ConsulDouble.stop_serving` / :meth:`~ConsulDouble.start_serving` (the port closes and
+in-flight requests are dropped; state survives; the same port is reused),
+:meth:`~ConsulDouble.fail_requests` (e.g. ``500 No cluster leader`` to every request) and
+:attr:`~ConsulDouble.requests` (every request received, failed ones included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from consul_state import ApiError, ConsulState, Snapshot, go_bool, go_duration
+
+__all__ = ["ConsulDouble", "RequestRecord"]
+
+T = TypeVar("T")
+DATACENTER = "dc1"
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
+MAX_VALUE = 512 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str
+    query: dict[str, str]
+
+
+def _reply(body: Any, index: int | None = None, status: int = 200) -> web.Response:
+    headers = {}
+    if index is not None:
+        headers = {
+            "X-Consul-Index": str(index),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+    text = "" if body is None else json.dumps(body)
+    return web.Response(status=status, text=text, headers=headers, content_type="application/json")
+
+
+class ConsulDouble:
+    """A Consul agent on 127.0.0.1 (port 0): ``async with ConsulDouble() as consul:``."""
+
+    def __init__(
+        self,
+        *,
+        node: str = "consul-double",
+        node_address: str = "127.0.0.1",
+        node_meta: Mapping[str, str] | None = None,
+    ) -> None:
+        self.node = node
+        self.state = ConsulState(node, node_address, node_meta)
+        #: Every request received, in order (including those answered by fail_requests).
+        self.requests: list[RequestRecord] = []
+        self._port = 0
+        self._runner: web.AppRunner | None = None
+        self._failure: tuple[int, str] | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, as Junction's ``--consul-addr`` takes it."""
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def __aenter__(self) -> ConsulDouble:
+        await self.start_serving()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_serving()
+        self.state.close()
+
+    async def start_serving(self) -> None:
+        """Listen (again) on 127.0.0.1: port 0 the first time, the same port afterwards."""
+        if self._runner is not None:
+            return
+        app = web.Application(middlewares=[self._middleware])
+        self._routes(app)
+        # A short shutdown timeout: blocked requests are dropped, as when Consul dies.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.05)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def stop_serving(self) -> None:
+        """Close the port and drop every connection (Consul unreachable). State is kept."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def fail_requests(self, status: int = 500, body: str = "No cluster leader") -> None:
+        """Answer every request with ``status`` and ``body`` until :meth:`serve_normally`."""
+        self._failure = (status, body)
+
+    def serve_normally(self) -> None:
+        self._failure = None
+
+    def request_count(self, path_prefix: str = "/") -> int:
+        return sum(1 for r in self.requests if r.path.startswith(path_prefix))
+
+    # ------------------------------------------------------------ test helpers
+
+    def put_kv(self, key: str, value: str | bytes | None, flags: int = 0) -> None:
+        self.state.kv_put(key, value.encode() if isinstance(value, str) else value, flags, None)
+
+    def delete_kv(self, key: str, recurse: bool = False) -> None:
+        self.state.kv_delete(key, recurse, None)
+
+    def catalog_register(self, body: Mapping[str, Any]) -> None:
+        """What ``PUT /v1/catalog/register`` does with this JSON body."""
+        self.state.catalog_register(dict(body))
+
+    def catalog_deregister(
+        self, node: str, service_id: str | None = None, check_id: str | None = None
+    ) -> None:
+        body = {"Node": node, "ServiceID": service_id, "CheckID": check_id}
+        self.state.catalog_deregister(body)
+
+    def set_check(
+        self, check_id: str, status: str, node: str | None = None, output: str = ""
+    ) -> None:
+        """Set a check's status on any node, as a check run (or a TTL update) would."""
+        self.state.update_check(node or self.node, check_id, status, output)
+
+    def snapshot(self) -> Snapshot:
+        """The replicated state, as ``consul snapshot save`` would capture it."""
+        return self.state.snapshot()
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Restore an older snapshot: indexes go backwards and blocked queries return."""
+        self.state.restore(snapshot)
+
+    # ------------------------------------------------------------------- HTTP
+
+    async def _block(
+        self, request: web.Request, compute: Callable[[], tuple[int, T]]
+    ) -> tuple[int, T]:
+        """Consul's blockingQuery: answer once the index is above ``?index`` or at the wait."""
+        query = request.query
+        try:
+            min_index = int(query.get("index", "0"))
+            if min_index < 0:
+                raise ValueError(min_index)
+        except ValueError:
+            raise ApiError(400, "Invalid index") from None
+        try:
+            wait = go_duration(query["wait"]) if "wait" in query else DEFAULT_WAIT
+        except ValueError:
+            raise ApiError(400, "Invalid wait time") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait if wait > 0 else DEFAULT_WAIT, MAX_WAIT)
+        generation = self.state.generation
+        while True:
+            wakeup = self.state.wakeup
+            index, result = compute()
+            index = max(index, 1)  # Consul never answers index 0
+            remaining = deadline - loop.time()
+            if min_index == 0 or index > min_index or remaining <= 0:
+                return index, result
+            if self.state.generation != generation:  # a restore abandons the state store
+                return index, result
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), remaining)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.requests.append(RequestRecord(request.method, request.path, dict(request.query)))
+        if self._failure is not None:
+            return web.Response(status=self._failure[0], text=self._failure[1])
+        try:
+            if request.query.get("dc", DATACENTER) != DATACENTER:
+                raise ApiError(500, "No path to datacenter")
+            if "filter" in request.query:
+                raise ApiError(400, "ConsulDouble does not implement filter expressions")
+            return await handler(request)
+        except ApiError as exc:
+            return web.Response(status=exc.status, text=exc.message)
+
+    def _routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v1/kv/{key:.*}", self._kv_get)
+        r.add_put("/v1/kv/{key:.*}", self._kv_put)
+        r.add_delete("/v1/kv/{key:.*}", self._kv_delete)
+        r.add_get("/v1/health/service/{name}", self._health_service)
+        r.add_get("/v1/catalog/services", self._catalog_services)
+        r.add_get("/v1/catalog/nodes", self._catalog_nodes)
+        r.add_put("/v1/catalog/register", self._catalog_register)
+        r.add_put("/v1/catalog/deregister", self._catalog_deregister)
+        r.add_get("/v1/agent/services", self._agent_services)
+        r.add_get("/v1/agent/checks", self._agent_checks)
+        r.add_put("/v1/agent/service/register", self._agent_service_register)
+        r.add_put("/v1/agent/service/deregister/{id}", self._agent_service_deregister)
+        r.add_put("/v1/agent/service/maintenance/{id}", self._service_maintenance)
+        r.add_put("/v1/agent/maintenance", self._node_maintenance)
+        r.add_put("/v1/agent/check/register", self._agent_check_register)
+        r.add_put("/v1/agent/check/deregister/{id}", self._agent_check_deregister)
+        r.add_put("/v1/agent/check/{action:pass|warn|fail}/{id}", self._check_ttl)
+        r.add_put("/v1/agent/check/update/{id}", self._check_update)
+        r.add_get("/v1/status/leader", self._leader)
+
+    @staticmethod
+    async def _json(request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except ValueError as exc:
+            raise ApiError(400, f"Request decode failed: {exc}") from None
+
+    async def _kv_get(self, request: web.Request) -> web.Response:
+        key, q = request.match_info["key"], request.query
+        listing = go_bool(q, "keys")
+        prefix = listing or go_bool(q, "recurse")
+        if not key and not prefix:
+            raise ApiError(400, "Missing key name")
+        index, entries = await self._block(request, lambda: self.state.kv_read(key, prefix))
+        if not entries:
+            return _reply(None, index, status=404)
+        if listing:
+            sep, names = q.get("separator", ""), []
+            for e in entries:
+                cut = e.key.find(sep, len(key)) if sep else -1
+                name = e.key[: cut + len(sep)] if cut >= 0 else e.key
+                if name not in names:
+                    names.append(name)
+            return _reply(names, index)
+        if go_bool(q, "raw") and not prefix:
+            resp = web.Response(body=entries[0].value or b"", content_type="text/plain")
+            resp.headers["X-Consul-Index"] = str(index)
+            return resp
+        return _reply([e.to_json() for e in entries], index)
+
+    async def _kv_put(self, request: web.Request) -> web.Response:
+        q = request.query
+        if "acquire" in q or "release" in q:
+            raise ApiError(400, "ConsulDouble does not implement sessions (acquire/release)")
+        body = await request.read()
+        if len(body) > MAX_VALUE:
+            raise ApiError(
+                413, f"Request body({len(body)} bytes) too large, max size: {MAX_VALUE} bytes."
+            )
+        try:
+            flags = int(q.get("flags", "0"))
+            cas = int(q["cas"]) if "cas" in q else None
+        except ValueError:
+            raise ApiError(400, "Invalid flags or cas") from None
+        return _reply(self.state.kv_put(request.match_info["key"], body or None, flags, cas))
+
+    async def _kv_delete(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            cas = int(q["cas"]) if "cas" in q else None
+        except ValueError:
+            raise ApiError(400, "Invalid cas") from None
+        key, recurse = request.match_info["key"], go_bool(q, "recurse")
+        return _reply(self.state.kv_delete(key, recurse, cas))
+
+    async def _health_service(self, request: web.Request) -> web.Response:
+        q = request.query
+        name, passing, tags = request.match_info["name"], go_bool(q, "passing"), q.getall("tag", [])
+        meta = [(k, v) for k, _, v in (m.partition(":") for m in q.getall("node-meta", []))]
+        index, entries = await self._block(
+            request, lambda: self.state.health_entries(name, passing, tags, meta)
+        )
+        return _reply(entries, index)
+
+    async def _catalog_services(self, request: web.Request) -> web.Response:
+        index, services = await self._block(request, self.state.catalog_services)
+        return _reply(services, index)
+
+    async def _catalog_nodes(self, request: web.Request) -> web.Response:
+        index, nodes = await self._block(request, self.state.catalog_nodes)
+        return _reply(nodes, index)
+
+    async def _catalog_register(self, request: web.Request) -> web.Response:
+        self.state.catalog_register(await self._json(request))
+        return _reply(True)
+
+    async def _catalog_deregister(self, request: web.Request) -> web.Response:
+        self.state.catalog_deregister(await self._json(request))
+        return _reply(True)
+
+    async def _agent_services(self, request: web.Request) -> web.Response:
+        return _reply(self.state.agent_services())
+
+    async def _agent_checks(self, request: web.Request) -> web.Response:
+        return _reply(self.state.agent_checks())
+
+    async def _agent_service_register(self, request: web.Request) -> web.Response:
+        replace = go_bool(request.query, "replace-existing-checks")
+        self.state.agent_service_register(await self._json(request), replace)
+        return _reply(None)
+
+    async def _agent_service_deregister(self, request: web.Request) -> web.Response:
+        self.state.agent_service_deregister(request.match_info["id"])
+        return _reply(None)
+
+    async def _service_maintenance(self, request: web.Request) -> web.Response:
+        q = request.query
+        enable = go_bool(q, "enable", required=True)
+        self.state.service_maintenance(request.match_info["id"], enable, q.get("reason", ""))
+        return _reply(None)
+
+    async def _node_maintenance(self, request: web.Request) -> web.Response:
+        q = request.query
+        self.state.node_maintenance(go_bool(q, "enable", required=True), q.get("reason", ""))
+        return _reply(None)
+
+    async def _agent_check_register(self, request: web.Request) -> web.Response:
+        self.state.agent_check_register(await self._json(request))
+        return _reply(None)
+
+    async def _agent_check_deregister(self, request: web.Request) -> web.Response:
+        self.state.agent_check_deregister(request.match_info["id"])
+        return _reply(None)
+
+    async def _check_ttl(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        status = {"pass": "passing", "warn": "warning", "fail": "critical"}[action]
+        self.state.ttl_update(request.match_info["id"], status, request.query.get("note", ""))
+        return _reply(None)
+
+    async def _check_update(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request decode failed: expected a JSON object")
+        status, output = body.get("Status") or "", body.get("Output") or ""
+        self.state.ttl_update(request.match_info["id"], status, output)
+        return _reply(None)
+
+    async def _leader(self, request: web.Request) -> web.Response:
+        return _reply("127.0.0.1:8300")
