@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## run: the whole stack on the embedded default (examples/): demo upstreams, control plane, Envoy
 run: $(STAMP)
-	$(BIN)/python -m junction.demo
+	$(BIN)/python examples/run.py
 
 ## test: every test, the real-Envoy integration tests included
 test: $(STAMP)

@@ -1,0 +1,182 @@
+"""Wiring: sources -> publisher -> snapshot cache -> xDS server, the status port, and
+(for ``junction up``) a real Envoy bootstrapped to talk to this control plane.
+
+Everything a control-plane replica holds can be rebuilt from its sources (files or Consul),
+so replicas run side by side with no state of their own that the others need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+from junction.catalog.file import FileCatalog, FileConfig
+from junction.catalog.source import CatalogSource, ConfigSource
+from junction.envoy_process import EnvoyProcess
+from junction.errors import JunctionError
+from junction.status import StatusServer
+from junction.xds.bootstrap import BootstrapOptions, bootstrap
+from junction.xds.cache import SnapshotCache
+from junction.xds.publisher import Publisher
+from junction.xds.server import create_server
+
+__all__ = ["ControlPlane", "Settings", "SettingsError", "run_until_signalled"]
+
+log = logging.getLogger("junction")
+
+
+class SettingsError(JunctionError):
+    """Flags that do not fit together (named in the message)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``junction up`` and ``junction serve`` run with (the CLI flags, validated)."""
+
+    config_path: str | None = None
+    instances_path: str | None = None
+    consul_addr: str | None = None
+    consul_key: str | None = None
+    consul_wait: str = "30s"
+    host: str = "127.0.0.1"
+    http_port: int = 8081
+    xds_port: int = 18000
+    run_envoy: bool = False
+    envoy_admin_port: int = 9901
+    envoy_admin: str | None = None  # serve: where the managed-elsewhere Envoy's admin is
+    envoy_log_level: str = "warning"
+    maintenance_file: str | None = None
+    delta: bool = False
+    node_id: str = ""
+    zone: str = ""
+    region: str = ""
+
+    def check(self) -> None:
+        if self.consul_key and not self.consul_addr:
+            raise SettingsError("--consul-key needs --consul-addr")
+        if not self.consul_key and not self.config_path:
+            raise SettingsError("give -c CONFIG (a file) or --consul-addr with --consul-key")
+        if not self.instances_path and not self.consul_addr:
+            raise SettingsError(
+                "give --instances FILE or --consul-addr (instances come from the catalog)"
+            )
+
+    def config_source(self) -> ConfigSource:
+        if self.consul_key:
+            from junction.catalog.consul import ConsulConfig
+
+            assert self.consul_addr
+            return ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
+        assert self.config_path
+        return FileConfig(self.config_path)
+
+    def catalog_source(self) -> CatalogSource:
+        if self.instances_path:
+            return FileCatalog(self.instances_path)
+        from junction.catalog.consul import ConsulCatalog
+
+        assert self.consul_addr
+        return ConsulCatalog(self.consul_addr, wait=self.consul_wait)
+
+
+class ControlPlane:
+    """One replica: start() binds everything, stop() undoes it in reverse order."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.check()
+        self.settings = settings
+        self.cache = SnapshotCache()
+        self.catalog_source = settings.catalog_source()
+        self.config_source = settings.config_source()
+        self.publisher = Publisher(self.cache, self.catalog_source)
+        self.envoy: EnvoyProcess | None = None
+        self.status = StatusServer(
+            self.publisher,
+            self.cache,
+            maintenance_file=settings.maintenance_file,
+            envoy_admin=self._envoy_admin,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grpc = None
+        self.xds_port: int | None = None
+
+    def _envoy_admin(self) -> str | None:
+        if self.envoy is not None:
+            return self.envoy.admin_address
+        return self.settings.envoy_admin
+
+    async def start(self) -> None:
+        s = self.settings
+        self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
+        await self.status.start(s.host, s.http_port)
+        for coro in (
+            self.publisher.run(),
+            self.catalog_source.run(self.publisher),
+            self.config_source.run(self.publisher),
+        ):
+            self._tasks.append(asyncio.create_task(coro))
+        log.info(
+            "control plane up: xDS on %s:%d, status on http://%s:%d",
+            s.host, self.xds_port, s.host, self.status.port,
+        )  # fmt: skip
+        if s.run_envoy:
+            opts = BootstrapOptions(
+                node_id=s.node_id or f"junction-{socket.gethostname()}",
+                zone=s.zone,
+                region=s.region,
+                xds_host=s.host,
+                xds_port=self.xds_port,
+                admin_port=s.envoy_admin_port,
+                delta=s.delta,
+            )
+            self.envoy = EnvoyProcess(bootstrap(opts), log_level=s.envoy_log_level)
+            await self.envoy.start()
+            log.info("Envoy pid %s, admin on %s", self.envoy.pid, self.envoy.admin_address)
+
+    async def stop(self) -> None:
+        if self.envoy is not None:
+            await self.envoy.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.status.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+            self._grpc = None
+
+    async def wait_envoy_exit(self) -> int:
+        """Returns Envoy's exit code (never returns when no Envoy is managed)."""
+        if self.envoy is None:
+            await asyncio.Event().wait()
+        assert self.envoy is not None
+        return await self.envoy.wait()
+
+
+async def run_until_signalled(settings: Settings) -> int:
+    """Run one control plane until SIGINT/SIGTERM (or Envoy dies); stop every child."""
+    plane = ControlPlane(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await plane.start()
+        stopped = asyncio.create_task(stop.wait())
+        envoy_exit = asyncio.create_task(plane.wait_envoy_exit())
+        done, _ = await asyncio.wait({stopped, envoy_exit}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopped, envoy_exit):
+            task.cancel()
+        if envoy_exit in done and not envoy_exit.cancelled():
+            log.error("Envoy exited with %s; stopping", envoy_exit.result())
+            return 1
+        log.info("signal received; stopping")
+        return 0
+    finally:
+        await plane.stop()

@@ -1,0 +1,138 @@
+"""The control plane's HTTP port: ``GET /healthz`` for the cloud load balancer, ``GET /status``.
+
+``/healthz`` answers, in this order (SPEC.md section 3):
+
+- 599 ``MAINTENANCE`` while the maintenance file exists;
+- 503 when there is no good config yet, when no Envoy is connected, when a connected Envoy
+  has not ACKed the latest snapshot or NACKed it, or when a configured cluster has no
+  healthy host according to Envoy's admin API (the catalog's view when no admin address is
+  known);
+- 200 ``OK`` otherwise.
+
+The body of a non-200 answer says why, one reason a line, so an operator reading the load
+balancer's log knows what to fix. ``/status`` is the same facts and more, as JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from junction.envoy_admin import fetch_clusters, healthy_hosts
+from junction.xds.cache import SnapshotCache
+from junction.xds.publisher import Publisher
+
+__all__ = ["StatusServer", "Verdict"]
+
+log = logging.getLogger("junction.status")
+
+MAINTENANCE_STATUS = 599
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int
+    reasons: tuple[str, ...]
+
+    @property
+    def body(self) -> str:
+        if self.status == 200:
+            return "OK\n"
+        if self.status == MAINTENANCE_STATUS:
+            return "MAINTENANCE\n"
+        return "".join(f"{r}\n" for r in self.reasons)
+
+
+class StatusServer:
+    """Serves /healthz and /status for one control plane (and the Envoy it manages, if any)."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        cache: SnapshotCache,
+        *,
+        maintenance_file: str | None = None,
+        envoy_admin: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._publisher = publisher
+        self._cache = cache
+        self._maintenance_file = maintenance_file
+        self._envoy_admin = envoy_admin or (lambda: None)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # ---- the verdict ----------------------------------------------------------------
+
+    async def verdict(self) -> Verdict:
+        if self._maintenance_file and os.path.exists(self._maintenance_file):
+            return Verdict(MAINTENANCE_STATUS, ("maintenance file exists",))
+        reasons: list[str] = []
+        snapshot = self._publisher.snapshot
+        if snapshot is None:
+            return Verdict(503, ("no good config published yet",))
+        reasons.extend(self._cache.health_problems(snapshot.version))
+        config = self._publisher.config
+        if config is not None:
+            healthy = await self._healthy_hosts()
+            for cluster in config.cluster_names():
+                if healthy.get(cluster, 0) == 0:
+                    reasons.append(f"cluster {cluster} has no healthy host")
+        return Verdict(503 if reasons else 200, tuple(reasons))
+
+    async def _healthy_hosts(self) -> dict[str, int]:
+        admin = self._envoy_admin()
+        if admin:
+            try:
+                return healthy_hosts(await fetch_clusters(admin))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("Envoy admin %s unreadable (%s); using the catalog", admin, exc)
+        counts = self._publisher.status()["instances"]
+        return {
+            name: info["by_health"].get("HEALTHY", 0) + info["by_health"].get("DEGRADED", 0)
+            for name, info in counts.items()
+        }
+
+    # ---- HTTP -----------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        verdict = await self.verdict()
+        return web.Response(status=verdict.status, text=verdict.body)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        verdict = await self.verdict()
+        body = {
+            **self._publisher.status(),
+            "nodes": self._cache.node_status(),
+            "healthz": {"status": verdict.status, "reasons": list(verdict.reasons)},
+            "maintenance_file": self._maintenance_file,
+            "envoy_admin": self._envoy_admin(),
+        }
+        return web.Response(
+            body=orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
+            content_type="application/json",
+        )
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
