@@ -407,9 +407,29 @@ class StreamCore(ABC, Generic[Q, R]):
         st.sent_any = True
         ts.last_sent = inflight
         ts.sent_at = self.registry.clock()
+        if ts.type_url == CLUSTER:
+            self._rewarm(ts, resources)
         # Sent but not ACKed: the node may already use it (make-before-break counts it).
         ts.pending.update(resources)
         return inflight
+
+    def _rewarm(self, ts: TypeState, clusters: dict[str, Resource]) -> None:
+        """Resend, right after this CDS response, the endpoints of every EDS cluster it
+        changes: Envoy warms an updated cluster until a ClusterLoadAssignment arrives, even
+        an unchanged one (xDS protocol, "Resource warming"), and does not ACK the CDS
+        update before that, so waiting for the ACK would stall until Envoy's initial fetch
+        timeout."""
+        assert self.node is not None
+        rewarm = self.node.types[ENDPOINT].rewarm
+        for name, cluster in clusters.items():
+            acked = ts.acked_versions.get(name)
+            pending = ts.pending.get(name)
+            changed = (acked is not None and acked != cluster.version) or (
+                pending is not None and pending.version != cluster.version
+            )
+            cla = eds_name(cluster.message) if changed else None
+            if cla is not None:
+                rewarm.add(cla)
 
     def _answer(
         self,
@@ -455,19 +475,9 @@ class StreamCore(ABC, Generic[Q, R]):
             self._nacked(ts, st, inflight)
 
     def _ack(self, ts: TypeState, inflight: Inflight) -> None:
-        before = dict(ts.acked_versions)
         self._apply_ack(ts, inflight)
         ts.pending.clear()
         ts.acked_origin, ts.acked_config_version = inflight.origin, inflight.config_version
-        if ts.type_url == CLUSTER and self.node is not None:
-            # An updated EDS cluster warms again and needs a ClusterLoadAssignment even if
-            # its endpoints did not change (xDS protocol, "Resource warming").
-            rewarm = self.node.types[ENDPOINT].rewarm
-            for name, cluster in inflight.resources.items():
-                if name in before and before[name] != cluster.version:
-                    cla = eds_name(cluster.message)
-                    if cla is not None:
-                        rewarm.add(cla)
 
     @abstractmethod
     def _apply_ack(self, ts: TypeState, inflight: Inflight) -> None:

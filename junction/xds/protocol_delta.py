@@ -33,6 +33,7 @@ from junction.xds.protocol import (
     StaleNonce,
     StreamCore,
     Subscribed,
+    Superseded,
     Unsubscribed,
 )
 from junction.xds.protocol_state import (
@@ -65,6 +66,7 @@ class DeltaStream(
         t = ts.type_url
         if self._lost(t):
             # A newer stream of this node serves the type now; this one is on its way out.
+            events.append(Superseded(t))
             return Output((), tuple(events))
         owned = self._owned(t)
         first = owned is None
@@ -166,6 +168,9 @@ class DeltaStream(
             for name in gone:
                 del st.client[name]
             ts.forget(gone)
+        if (dropped or dropped_wildcard) and ts.acked_known and not first:
+            # Nothing is sent for a plain unsubscribe: what the node holds shrank anyway.
+            ts.acked_version = digest_versions(ts.acked_versions)
         if first or added or "*" in subscribe:
             events.append(Subscribed(t, tuple(sorted(added)), sub.wildcard))
         if dropped or dropped_wildcard:

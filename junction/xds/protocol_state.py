@@ -258,9 +258,8 @@ class TypeState:
     poisoned_resources: set[tuple[str, str]] = field(default_factory=set)
     poisoned_removals: set[str] = field(default_factory=set)
     poison_snapshot: str = ""
-    #: EDS names to resend although unchanged: their cluster was updated and Envoy warms
-    #: an updated cluster only when a ClusterLoadAssignment arrives (xDS protocol,
-    #: "Resource warming").
+    #: EDS names to resend although unchanged: their cluster was just updated (see
+    #: StreamCore._rewarm).
     rewarm: set[str] = field(default_factory=set)
     target_version: str = ""
     snapshot_version: str = ""

@@ -94,10 +94,14 @@ def test_only_changed_resources_and_removals_are_sent() -> None:
     s = Script()
     s.connect(snapshot({"A": 50, "B": 50}, extra_clusters=("C",)))
     target = snapshot({"A": 50, "B": 50}, lb={"B": 1})  # B changed, C gone
-    cds = only(s.update(target), CLUSTER)
+    out = s.update(target)
+    cds, eds = out.responses
     assert updated(cds) == {"B": target.of_type(CLUSTER)["B"].version}
     assert list(cds.removed_resources) == ["C"]
     assert cds.system_version_info == target.versions[CLUSTER]
+    # B's unchanged endpoints follow at once: Envoy warms the updated cluster until then.
+    assert eds.type_url == ENDPOINT and set(updated(eds)) == {"B"}
+    s.ack(ENDPOINT, target)
     s.ack(CLUSTER, target)
     assert s.holds(CLUSTER) == {n: r.version for n, r in target.of_type(CLUSTER).items()}
 
@@ -184,8 +188,9 @@ def test_nack_keeps_the_previous_versions_and_never_resends_the_rejected_ones() 
     s = Script()
     s.connect(good)
     bad = snapshot({"A": 50, "B": 50}, extra_clusters=("C",), lb={"B": 2}, config_version="v2")
-    cds = only(s.update(bad), CLUSTER)
-    assert set(updated(cds)) == {"B", "C"}
+    cds, eds = s.update(bad).responses
+    assert set(updated(cds)) == {"B", "C"} and set(updated(eds)) == {"B"}
+    s.ack(ENDPOINT, bad)
     out = s.ack(CLUSTER, bad, error="cluster B: bad")
     [nack] = [e for e in out.events if isinstance(e, Nack)]
     assert (nack.version, nack.error_detail, nack.origin, nack.config_version) == (
@@ -194,17 +199,20 @@ def test_nack_keeps_the_previous_versions_and_never_resends_the_rejected_ones() 
         "test",
         "v2",
     )
-    # Back to the ACKed B, and C (never ACKed) removed in case it was half applied.
-    restore = only(out, CLUSTER)
+    # Back to the ACKed B, and C (never ACKed) removed in case it was half applied; B's
+    # endpoints follow for the rewarm.
+    restore, eds = out.responses
     assert updated(restore) == {"B": good.of_type(CLUSTER)["B"].version}
     assert list(restore.removed_resources) == ["C"]
+    assert set(updated(eds)) == {"B"}
+    assert s.ack(ENDPOINT, bad).responses == ()
     assert s.ack(CLUSTER, bad).responses == ()
     assert s.update(bad).responses == ()
     assert s.holds(CLUSTER) == {n: r.version for n, r in good.of_type(CLUSTER).items()}
     assert not s.synced(bad)
     # A new version of B is a different target.
     fixed = snapshot({"A": 50, "B": 50}, lb={"B": 1}, config_version="v3")
-    assert set(updated(only(s.update(fixed), CLUSTER))) == {"B"}
+    assert set(updated(s.update(fixed).responses[0])) == {"B"}
 
 
 def test_make_before_break_add_then_remove() -> None:
@@ -246,3 +254,17 @@ def test_reconnect_with_initial_versions_of_a_route_the_server_knows() -> None:
         assert response.system_version_info == digest_versions(have)
         again.ack(t, snap)
     assert again.synced(snap)
+
+
+def test_unsubscribing_endpoints_of_a_removed_cluster_needs_no_answer() -> None:
+    # What Envoy does: on a CDS removal it drops the EDS subscription before ACKing CDS.
+    s = Script()
+    s.connect(snapshot({"A": 90, "B": 10}))
+    remove = snapshot({"B": 100})
+    only(s.update(remove), ROUTE)
+    cds = only(s.ack(ROUTE, remove), CLUSTER)
+    assert list(cds.removed_resources) == ["A"]
+    out = s.send(delta_request(ENDPOINT, unsubscribe=("A",), node=None), remove)
+    assert out.responses == ()
+    assert s.ack(CLUSTER, remove).responses == ()
+    assert s.synced(remove)

@@ -166,15 +166,15 @@ def test_nack_is_recorded_the_acked_version_resent_and_the_bad_one_never_again()
     s = Script()
     s.connect(good)
     acked = s.last[CLUSTER].version_info
-    bad = snapshot({"A": 100}, lb={"A": 2}, config_version="v2")
+    bad = snapshot({"A": 100}, extra_clusters=("C",), config_version="v2")
     bad_cds = only(s.update(bad), CLUSTER)
-    out = s.send(nack(bad_cds, acked, "cluster A: bad lb policy"), bad)
+    out = s.send(nack(bad_cds, acked, "cluster C: bad lb policy"), bad)
     [event] = events_of(out, Nack)
     assert event == Nack(
         CLUSTER,
         bad_cds.version_info,
         bad_cds.nonce,
-        "cluster A: bad lb policy",
+        "cluster C: bad lb policy",
         "test",
         "v2",
         acked,
@@ -182,20 +182,20 @@ def test_nack_is_recorded_the_acked_version_resent_and_the_bad_one_never_again()
     # The node is put back on its last ACKed clusters, under a new nonce.
     restore = only(out, CLUSTER)
     assert restore.version_info == acked and restore.nonce != bad_cds.nonce
-    assert restore.resources[0].value == good.of_type(CLUSTER)["A"].payload
+    assert [r.value for r in restore.resources] == [good.of_type(CLUSTER)["A"].payload]
     assert s.ack(CLUSTER, bad).responses == ()
     # The NACKed version is not sent again, however often we are woken.
     assert s.update(bad).responses == ()
     assert s.update(bad).responses == ()
     status = s.status(bad)
     cluster = status.types[0]  # type: ignore[attr-defined]
-    assert cluster.nack.error_detail == "cluster A: bad lb policy"
+    assert cluster.nack.error_detail == "cluster C: bad lb policy"
     assert (cluster.nack.origin, cluster.nack.config_version) == ("test", "v2")
     assert cluster.acked_version == acked and not status.synced  # type: ignore[attr-defined]
     assert "NACKed" in status.problems()[0]  # type: ignore[attr-defined]
     # A different target is sent.
     fixed = snapshot({"A": 100}, lb={"A": 1}, config_version="v3")
-    assert only(s.update(fixed), CLUSTER).version_info == fixed.versions[CLUSTER]
+    assert s.update(fixed).responses[0].version_info == fixed.versions[CLUSTER]
 
 
 def test_nack_of_the_first_response_sends_nothing_until_a_new_target() -> None:
@@ -291,16 +291,33 @@ def test_coalescing_jumps_to_the_newest_snapshot() -> None:
     assert names_of(only(out, CLUSTER)) == ["A", "C"]
 
 
-def test_an_updated_cluster_gets_its_endpoints_resent_for_warming() -> None:
+def test_an_updated_cluster_gets_its_endpoints_resent_right_after_it() -> None:
+    # Envoy warms an updated EDS cluster until endpoints arrive and ACKs CDS only then.
     snap = snapshot({"A": 100})
     s = Script()
     s.connect(snap)
     eds_before = s.last[ENDPOINT]
     changed = snapshot({"A": 100}, lb={"A": 1})
-    only(s.update(changed), CLUSTER)
-    eds = only(s.ack(CLUSTER, changed), ENDPOINT)
+    out = s.update(changed)
+    assert [r.type_url for r in out.responses] == [CLUSTER, ENDPOINT]
+    eds = out.responses[1]
     assert eds.version_info == eds_before.version_info and eds.nonce != eds_before.nonce
     assert s.ack(ENDPOINT, changed).responses == ()
+    assert s.ack(CLUSTER, changed).responses == ()
+    assert s.update(changed).responses == ()
+
+
+def test_restoring_an_updated_cluster_after_a_nack_rewarms_it_too() -> None:
+    snap = snapshot({"A": 100})
+    s = Script()
+    s.connect(snap)
+    acked = s.last[CLUSTER].version_info
+    changed = snapshot({"A": 100}, lb={"A": 1})
+    cds = s.update(changed).responses[0]
+    s.ack(ENDPOINT, changed)
+    out = s.send(nack(cds, acked, "no"), changed)
+    assert [r.type_url for r in out.responses] == [CLUSTER, ENDPOINT]
+    assert out.responses[0].version_info == acked
 
 
 # ---- make-before-break through the stream -----------------------------------------------

@@ -173,10 +173,10 @@ async def test_nack_is_recorded_and_the_last_good_version_resent(
     cache, channel, _ = xds
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
     last = await connect_sotw(call)
-    bad = snapshot({"A": 100}, lb={"A": 2}, config_version="v2")
+    bad = snapshot({"A": 100}, extra_clusters=("C",), config_version="v2")
     cache.set(bad)
     cds = await recv(call)
-    await call.write(nack(cds, last[CLUSTER].version_info, "cluster A: unsupported lb_policy"))
+    await call.write(nack(cds, last[CLUSTER].version_info, "cluster C: unsupported lb_policy"))
     restore = await recv(call)
     assert restore.version_info == last[CLUSTER].version_info
     await call.write(ack(restore))
