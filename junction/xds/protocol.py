@@ -224,7 +224,7 @@ class _Request(Protocol):
 class StreamCore(ABC, Generic[Q, R]):
     """The protocol logic of one xDS stream (SotW or delta, ADS or one type URL).
 
-    Drive it with :meth:`receive` (a request arrived; in the subclasses) and
+    Drive it with :meth:`receive` (a request arrived) and
     :meth:`update` (the snapshot, or this node's state through another stream, changed),
     and :meth:`close` when the stream ends. Each returns an :class:`Output`. Protocol
     violations raise :class:`XdsProtocolError`; the stream must then end.

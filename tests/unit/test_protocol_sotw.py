@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from xds_snapshots import (
@@ -429,3 +432,12 @@ def test_an_older_stream_of_the_node_is_superseded() -> None:
     out = old.send(ack(cds), snap)
     assert events_of(out, Superseded) == [Superseded(CLUSTER)] and out.responses == ()
     assert old.update(snapshot({"B": 100})).responses == ()
+
+
+def test_the_core_imports_neither_grpc_nor_asyncio() -> None:
+    code = (
+        "import sys, junction.xds.protocol_sotw, junction.xds.protocol_delta, junction.xds.view;"
+        "print(sorted(m for m in ('grpc', 'asyncio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
