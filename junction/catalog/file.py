@@ -123,7 +123,8 @@ async def _watch_text(path: Path, interval: float) -> Any:
             if not missing_reported:
                 missing_reported = True
                 last = None
-                yield None, f"cannot read {path}: {exc.strerror or exc}"
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                yield None, f"cannot read {path}: {reason}"
         await asyncio.sleep(interval)
 
 

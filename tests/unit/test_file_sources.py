@@ -112,6 +112,10 @@ async def test_file_config_reports_changes_and_errors(tmp_path: Path) -> None:
         assert "cannot read" in sink.errors[0][1]
         path.write_text("a: 3\n")
         await eventually(lambda: len(sink.texts) == 3)
+        path.write_bytes(b"a: \xff\xfe\n")  # not UTF-8
+        await eventually(lambda: len(sink.errors) == 2)
+        assert "cannot read" in sink.errors[1][1] and "utf-8" in sink.errors[1][1]
+        assert len(sink.texts) == 3
 
 
 async def test_file_catalog_follows_file_and_watch_set(tmp_path: Path) -> None:
