@@ -6,6 +6,7 @@
     junction up -c CONFIG --instances FILE [--http-port N] [--xds-port N]
                 [--envoy-admin-port N] [--maintenance-file PATH] [--delta]
     junction serve -c CONFIG --instances FILE [--envoy-admin HOST:PORT] ...
+    junction extproc serve|sign-pin ...   (the decision service: junction.extproc.cli)
 
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).
@@ -30,6 +31,7 @@ from junction.catalog.model import Catalog
 from junction.config.errors import ConfigError, Problem
 from junction.config.load import config_version, load_config
 from junction.errors import JunctionError
+from junction.extproc import cli as extproc_cli
 
 __all__ = ["main"]
 
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--delta", action="store_true", help="Envoy uses delta ADS")
         else:
             s.add_argument("--envoy-admin", help="HOST:PORT of the Envoy's admin API")
+    extproc_cli.add_parser(sub, _port)
     return p
 
 
@@ -186,6 +189,7 @@ _COMMANDS = {
     "bootstrap": _bootstrap,
     "up": _run,
     "serve": _run,
+    "extproc": extproc_cli.run,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from junction.config.decisions import cross_check_decisions
 from junction.config.errors import ConfigError, Problem, format_path
 from junction.config.model import Config, group_by_prefix
 from junction.config.yamldoc import Document, parse_yaml
@@ -93,6 +94,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                         f"prefix {prefix!r}: the weights of its clusters sum to 0",
                     )
                 )
+    out.extend(cross_check_decisions(config))
     return out
 
 

@@ -282,6 +282,12 @@ class Config(_Model):
     ]
     cluster: ClusterSection = ClusterSection()
     endpoint: EndpointSection = EndpointSection()
+    # The decision service's sections (junction.config.decisions, imported at the end).
+    versions: _decisions.VersionsSection = {}
+    experiments: _decisions.ExperimentsSection = {}
+    decision: _decisions.DecisionSettings = Field(
+        default_factory=lambda: _decisions.DecisionSettings()
+    )
 
     @field_validator("route", mode="before")
     @classmethod
@@ -330,3 +336,9 @@ def group_by_prefix(block: RouteBlock) -> dict[str, list[tuple[str, int]]]:
         for prefix in rc.prefix:
             groups.setdefault(prefix, []).append((cluster, rc.weight))
     return groups
+
+
+# Last, because junction.config.decisions builds on _Model and the validators above; the
+# module-attribute form resolves in either import order, and pydantic completes Config's
+# annotations (strings, see `from __future__ import annotations`) on first use.
+import junction.config.decisions as _decisions  # noqa: E402

@@ -1,0 +1,92 @@
+"""Which routes need a decision, and what for: the one view translation and the decision
+table share, so Envoy's wiring and the service's behaviour cannot drift apart.
+
+A prefix route "belongs" to a versioned service when one of its clusters is a version
+cluster of that service (``versions.<service>.clusters``; config validation ensures at
+most one service per route). Such a route gets, in Envoy, one header-matched route per
+version cluster in front of it, and the ext_proc filter stays enabled on it when there is
+something to decide: a pin, a canary, or an experiment whose prefix overlaps the route's.
+Every other route has ext_proc disabled (``ExtProcPerRoute.disabled``) and costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from junction.config.model import Config, PrefixRoute
+
+__all__ = [
+    "METADATA_NAMESPACE",
+    "SET_COOKIE_KEY",
+    "RoutePlan",
+    "overlaps",
+    "route_plans",
+    "service_of_cluster",
+    "uses_decisions",
+]
+
+#: Where the decision service puts a freshly issued sticky cookie: dynamic metadata
+#: ``METADATA_NAMESPACE.SET_COOKIE_KEY``, which the planned routes copy into a
+#: ``Set-Cookie`` response header (``%DYNAMIC_METADATA(...)%``; absent: no header). The
+#: filter must list the namespace in ``metadata_options.receiving_namespaces``.
+METADATA_NAMESPACE = "junction.extproc"
+SET_COOKIE_KEY = "set-cookie"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """What the decision service does for one prefix route of one virtual host."""
+
+    vhost: str
+    prefix: str
+    #: The versioned service the route belongs to (None: none of its clusters is a version).
+    service: str | None
+    #: Experiments that may match requests on this route, in document order.
+    experiments: tuple[str, ...]
+    #: Whether Envoy calls the decision service for this route at all.
+    enabled: bool
+
+
+def service_of_cluster(config: Config) -> dict[str, str]:
+    """Version cluster -> the service it is a version of."""
+    return {
+        cluster: service
+        for service, sv in config.versions.items()
+        for cluster in sv.clusters.values()
+    }
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether some path starts with both prefixes."""
+    return a.startswith(b) or b.startswith(a)
+
+
+def uses_decisions(config: Config) -> bool:
+    """Whether any route calls the decision service (else no filter is installed at all)."""
+    return any(p.enabled for p in route_plans(config))
+
+
+def route_plans(config: Config) -> tuple[RoutePlan, ...]:
+    """One plan per (virtual host, prefix route), in Envoy's order (longest prefix first)."""
+    owner = service_of_cluster(config)
+    plans = []
+    for vh in config.virtual_hosts():
+        for route in vh.routes:
+            plans.append(_plan(config, owner, vh.name, route))
+    return tuple(plans)
+
+
+def _plan(config: Config, owner: dict[str, str], vhost: str, route: PrefixRoute) -> RoutePlan:
+    services = {owner[c] for c, _ in route.clusters if c in owner}
+    service = min(services) if services else None  # validation allows at most one
+    experiments = tuple(
+        name
+        for name, exp in config.experiments.items()
+        if (exp.service is None or exp.service == service)
+        and overlaps(exp.match.prefix, route.prefix)
+    )
+    sv = config.versions.get(service) if service else None
+    enabled = bool(experiments) or (
+        sv is not None and (sv.pin is not None or sv.canary is not None)
+    )
+    return RoutePlan(vhost, route.prefix, service, experiments, enabled)
