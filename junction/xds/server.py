@@ -50,7 +50,7 @@ from junction.xds.protocol_delta import DeltaStream
 from junction.xds.protocol_sotw import SotwStream
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type
 
-__all__ = ["XdsServer", "XdsServerError", "XdsServicer", "create_server"]
+__all__ = ["OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
 
 log = logging.getLogger("junction.xds")
 
@@ -117,11 +117,21 @@ def _lenient(message: type[Message]) -> Callable[[bytes], object]:
     return parse
 
 
-class XdsServicer:
-    """The handlers of every xDS method, serving from one :class:`SnapshotCache`."""
+#: Told each response as grpc serializes it for the wire, and its size in bytes.
+OnSend = Callable[[Message, int], None]
 
-    def __init__(self, cache: SnapshotCache) -> None:
+
+class XdsServicer:
+    """The handlers of every xDS method, serving from one :class:`SnapshotCache`.
+
+    ``on_send``, when given, is called with every response and the length of its
+    serialization, from grpc's serializer (so the bytes are counted without serializing
+    twice); it must be cheap and must not raise. Without it, nothing is wrapped.
+    """
+
+    def __init__(self, cache: SnapshotCache, *, on_send: OnSend | None = None) -> None:
         self.cache = cache
+        self._on_send = on_send
         self._queues: set[asyncio.Queue[object]] = set()
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -131,16 +141,29 @@ class XdsServicer:
                 sotw: grpc.stream_stream_rpc_method_handler(
                     self._behaviour(False, type_url),
                     request_deserializer=_lenient(discovery_pb2.DiscoveryRequest),
-                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+                    response_serializer=self._serializer(discovery_pb2.DiscoveryResponse),
                 ),
                 delta: grpc.stream_stream_rpc_method_handler(
                     self._behaviour(True, type_url),
                     request_deserializer=_lenient(discovery_pb2.DeltaDiscoveryRequest),
-                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                    response_serializer=self._serializer(discovery_pb2.DeltaDiscoveryResponse),
                 ),
             }
             handlers.append(grpc.method_handlers_generic_handler(service, methods))
         return handlers
+
+    def _serializer(self, message: type[Message]) -> Callable[[Message], bytes]:
+        serialize: Callable[[Message], bytes] = message.SerializeToString
+        on_send = self._on_send
+        if on_send is None:
+            return serialize
+
+        def counted(response: Message) -> bytes:
+            data = serialize(response)
+            on_send(response, len(data))
+            return data
+
+        return counted
 
     def close_streams(self) -> None:
         """End every open stream (its RPC returns OK; Envoy reconnects elsewhere/later)."""
@@ -307,14 +330,14 @@ class XdsServer(grpc.aio.Server):  # type: ignore[misc]
 
 
 async def create_server(
-    cache: SnapshotCache, address: str = "127.0.0.1:0"
+    cache: SnapshotCache, address: str = "127.0.0.1:0", *, on_send: OnSend | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Start an xDS server for ``cache`` on ``address``; returns it and the bound port.
 
     Stop it with ``await server.stop(grace)``: open streams end at once (Envoy reconnects),
-    in-flight sends get ``grace`` seconds.
+    in-flight sends get ``grace`` seconds. ``on_send``: see :class:`XdsServicer`.
     """
-    servicer = XdsServicer(cache)
+    servicer = XdsServicer(cache, on_send=on_send)
     server = XdsServer(grpc.aio.server(), servicer)
     server.add_generic_rpc_handlers(tuple(servicer.generic_handlers()))
     try:
