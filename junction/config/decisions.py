@@ -28,6 +28,7 @@ version must exist...) are in :func:`cross_check_decisions`, which
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ __all__ = [
     "CLUSTER_HEADER",
     "Arm",
     "Canary",
+    "CanaryRamp",
     "DecisionSettings",
     "Experiment",
     "ExperimentMatch",
@@ -218,16 +220,99 @@ class KeySource(_Model):
 Key = Annotated[KeySource, BeforeValidator(_key_source)]
 
 
+def _step(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise PydanticCustomError(
+            "junction", "must be a whole percentage 1..100 (route weights are whole percents)"
+        )
+    return value
+
+
+def _fraction(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise PydanticCustomError("junction", "must be a fraction 0..1 (0.05 is 5 %)")
+    return float(value)
+
+
+def _milliseconds(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 3_600_000
+    ):
+        raise PydanticCustomError("junction", "must be a number of milliseconds 0..3600000")
+    return float(value)
+
+
+def _ratio(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 1 <= value <= 100
+    ):
+        raise PydanticCustomError("junction", "must be a ratio 1..100 (1.5: 50 % slower)")
+    return float(value)
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+Milliseconds = Annotated[float, BeforeValidator(_milliseconds)]
+
+
+class CanaryRamp(_Model):
+    """The automatic ramp of a canary, driven by access-log outcomes (:mod:`junction.canary`).
+
+    The candidate starts at the first step and moves to the next after ``interval``
+    seconds at a step if both sides served at least ``min-requests`` (else: inconclusive,
+    hold) and no threshold is broken; it is rolled back (weight 0) as soon as one is.
+    Thresholds on the candidate: ``max-error-rate`` (absolute), ``max-error-increase``
+    (over the baseline's rate), ``max-p99`` (ms, absolute), ``max-p99-ratio`` (relative
+    to the baseline's p99; differences under ``p99-slack`` ms are ignored).
+    ``max-missing``: the share of log entries lost (Envoy's or the receiver's drops)
+    tolerated when promoting; above it the step is inconclusive.
+    """
+
+    steps: tuple[Annotated[int, BeforeValidator(_step)], ...] = (1, 5, 10, 25, 50, 100)
+    interval: Seconds = 60.0
+    min_requests: Annotated[int, _int_in(1, 10_000_000)] = 100
+    max_error_rate: Fraction = 0.05
+    max_error_increase: Fraction | None = 0.01
+    max_p99: Milliseconds | None = None
+    max_p99_ratio: Annotated[float, BeforeValidator(_ratio)] | None = 1.5
+    p99_slack: Milliseconds = 5.0
+    max_missing: Fraction = 0.0
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise PydanticCustomError("junction", "must list at least one step")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise PydanticCustomError("junction", "must increase step by step")
+        if value[-1] != 100:
+            raise PydanticCustomError("junction", "must end at 100 (the promotion)")
+        return value
+
+
 class Canary(_Model):
     """The candidate version's share of unpinned, unassigned requests, in percent.
 
     With a key, the request's bucket (a hash of the key) decides: buckets [0, weight) go to
     the candidate, so raising the weight only adds users and nobody bounces back.
+    ``ramp``: move the weight automatically (:class:`CanaryRamp`); without it, ``weight``
+    stays as written.
     """
 
     version: Label
     weight: Percent
     key: Key = KeySource()
+    ramp: CanaryRamp | None = None
 
 
 class ServiceVersions(_Model):

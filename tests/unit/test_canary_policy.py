@@ -1,0 +1,108 @@
+"""The canary ramp section of the config (versions.<service>.canary.ramp) and policies()."""
+
+from __future__ import annotations
+
+import pytest
+
+from junction.canary.policy import CanaryPolicy, policies
+from junction.config.errors import ConfigError
+from junction.config.load import load_config
+
+BASE = """\
+listener: {listen: {address: 127.0.0.1, port: 8000}}
+route:
+  domain: [example.com]
+  cluster:
+    web-api-perl: {prefix: [/api], weight: 90}
+    web-api-go: {prefix: [/api], weight: 10}
+versions:
+  web-api:
+    default: perl
+    clusters: {perl: web-api-perl, go: web-api-go}
+    canary: {version: go, weight: 10%s}
+"""
+
+
+def load(ramp: str) -> object:
+    return load_config(BASE % ramp, "c.yaml")
+
+
+def test_a_canary_without_ramp_has_no_policy() -> None:
+    assert policies(load_config(BASE % "", "c.yaml")) == {}
+
+
+def test_ramp_defaults_and_values() -> None:
+    config = load_config(BASE % ", ramp: {}", "c.yaml")
+    policy = policies(config)["web-api"]
+    assert policy == CanaryPolicy(
+        service="web-api",
+        version="go",
+        baseline="web-api-perl",
+        candidate="web-api-go",
+        baseline_version="perl",
+    )
+    assert policy.steps == (1, 5, 10, 25, 50, 100)
+    config = load_config(
+        BASE
+        % (
+            ", ramp: {steps: [10, 50, 100], interval: 2.5, min-requests: 20,"
+            " max-error-rate: 0.02, max-error-increase: null, max-p99: 250,"
+            " max-p99-ratio: 2, p99-slack: 1, max-missing: 0.01}"
+        ),
+        "c.yaml",
+    )
+    policy = policies(config)["web-api"]
+    assert policy.steps == (10, 50, 100)
+    assert (policy.interval, policy.min_requests) == (2.5, 20)
+    assert (policy.max_error_rate, policy.max_error_increase) == (0.02, None)
+    assert (policy.max_p99, policy.max_p99_ratio, policy.p99_slack) == (250.0, 2.0, 1.0)
+    assert policy.max_missing == 0.01
+
+
+@pytest.mark.parametrize(
+    ("ramp", "message"),
+    [
+        ("steps: [5, 5, 100]", "versions.web-api.canary.ramp.steps: must increase step by step"),
+        ("steps: [5, 50]", "versions.web-api.canary.ramp.steps: must end at 100 (the promotion)"),
+        (
+            "steps: [0.5, 100]",
+            "versions.web-api.canary.ramp.steps[0]: must be a whole percentage 1..100",
+        ),
+        ("steps: []", "versions.web-api.canary.ramp.steps: must list at least one step"),
+        (
+            "max-error-rate: 5",
+            "versions.web-api.canary.ramp.max-error-rate: must be a fraction 0..1",
+        ),
+        (
+            "max-p99-ratio: 0.5",
+            "versions.web-api.canary.ramp.max-p99-ratio: must be a ratio 1..100",
+        ),
+        ("max-p99: -1", "versions.web-api.canary.ramp.max-p99: must be a number of milliseconds"),
+        ("interval: 0", "versions.web-api.canary.ramp.interval: must be a number of seconds"),
+        (
+            "min-requests: 0",
+            "versions.web-api.canary.ramp.min-requests: must be an integer 1..10000000",
+        ),
+        ("windw: 5", "versions.web-api.canary.ramp.windw: unknown key"),
+    ],
+)
+def test_bad_ramps_are_named_by_path(ramp: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE % f", ramp: {{{ramp}}}", "c.yaml")
+    assert message in info.value.render()
+
+
+def test_policy_steps() -> None:
+    policy = CanaryPolicy("s", "go", "b", "c", steps=(1, 5, 25, 100))
+    assert [policy.next_weight(w) for w in (0, 1, 3, 5, 25, 99, 100)] == [
+        1,
+        5,
+        5,
+        25,
+        100,
+        100,
+        None,
+    ]
+    assert [policy.step_index(w) for w in (0, 1, 3, 100)] == [-1, 0, 0, 3]
+    with pytest.raises(ValueError):
+        CanaryPolicy("s", "go", "b", "c", steps=(5, 1, 100))
