@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -18,6 +19,7 @@ from junction.catalog.file import FileCatalog, FileConfig
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
+from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
 from junction.status import StatusServer
 from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
@@ -51,6 +53,8 @@ class Settings:
     envoy_log_level: str = "warning"
     maintenance_file: str | None = None
     delta: bool = False
+    #: The decision service beside the Envoy of ``junction up`` (None: not run).
+    extproc: SidecarSettings | None = None
     node_id: str = ""
     zone: str = ""
     region: str = ""
@@ -103,6 +107,7 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc = None
         self.xds_port: int | None = None
+        self.extproc: ExtProcService | None = None
 
     def _envoy_admin(self) -> str | None:
         if self.envoy is not None:
@@ -133,13 +138,42 @@ class ControlPlane:
                 admin_port=s.envoy_admin_port,
                 delta=s.delta,
             )
+            if s.extproc is not None:
+                self.extproc = await self._start_extproc(s.extproc)
+                opts = dataclasses.replace(
+                    opts,
+                    extproc_port=self.extproc.grpc_port,
+                    extproc_http_port=self.extproc.http_port,
+                )
             self.envoy = EnvoyProcess(bootstrap(opts), log_level=s.envoy_log_level)
             await self.envoy.start()
             log.info("Envoy pid %s, admin on %s", self.envoy.pid, self.envoy.admin_address)
 
+    async def _start_extproc(self, sidecar: SidecarSettings) -> ExtProcService:
+        """The decision service, with its own reading of the same sources (it shares no
+        state with the control plane); workers start once the config needs decisions."""
+        s = self.settings
+        service = ExtProcService(
+            ServiceSettings(
+                config_source=s.config_source(),
+                catalog_source=s.catalog_source(),
+                host=s.host,
+                http_port=sidecar.http_port,
+                grpc_port=sidecar.grpc_port,
+                stats_port=sidecar.stats_port,
+                workers=sidecar.workers,
+                lazy=True,
+            )
+        )
+        await service.start()
+        return service
+
     async def stop(self) -> None:
         if self.envoy is not None:
             await self.envoy.stop()
+        if self.extproc is not None:
+            await self.extproc.stop()
+            self.extproc = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

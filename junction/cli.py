@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--region", default="")
         if name == "up":
             s.add_argument("--envoy-admin-port", type=_port, default=9901)
+            extproc_cli.add_up_arguments(s, _port)
             s.add_argument("--envoy-log-level", default="warning")
             s.add_argument("--delta", action="store_true", help="Envoy uses delta ADS")
         else:
@@ -170,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         envoy_log_level=args.envoy_log_level if up else "warning",
         maintenance_file=args.maintenance_file,
         delta=args.delta if up else False,
+        extproc=extproc_cli.sidecar_settings(args) if up else None,
         node_id=args.node_id,
         zone=args.zone,
         region=args.region,

@@ -14,10 +14,14 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from junction.errors import JunctionError
 
-__all__ = ["add_parser", "run"]
+if TYPE_CHECKING:  # the service pulls in grpc and aiohttp; `junction validate` needs neither
+    from junction.extproc.service import SidecarSettings
+
+__all__ = ["add_parser", "add_up_arguments", "run", "sidecar_settings"]
 
 
 def _count(text: str) -> int:
@@ -69,6 +73,42 @@ def add_parser(sub: argparse._SubParsersAction, port: Callable[[str], int]) -> N
     p.add_argument("--key-env", required=True, help="environment variable holding the key")
     p.add_argument("--version", required=True, dest="pin_version")
     p.add_argument("--ttl", type=_count, default=3600, help="seconds the pin stays valid")
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 (off) or more")
+    return value
+
+
+def add_up_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int]) -> None:
+    """``junction up``'s flags for the decision service it runs beside Envoy."""
+    parser.add_argument("--extproc-workers", type=_workers, default=os.cpu_count() or 1,
+                        help="decision service worker processes (0: do not run it)")  # fmt: skip
+    # Free ports by default: the bootstrap names the ones bound, and two stacks on one host
+    # (or two test runs) never collide. The stats port is logged at start.
+    parser.add_argument("--extproc-http-port", type=port, default=0)
+    parser.add_argument("--extproc-grpc-port", type=port, default=0)
+    parser.add_argument("--extproc-stats-port", type=port, default=0,
+                        help="the decision service's GET /stats and /healthz")  # fmt: skip
+
+
+def sidecar_settings(args: argparse.Namespace) -> SidecarSettings | None:
+    """What :func:`add_up_arguments`' flags ask for (None: ``--extproc-workers 0``)."""
+    from junction.extproc.service import SidecarSettings
+
+    if args.extproc_workers == 0:
+        return None
+    return SidecarSettings(
+        workers=args.extproc_workers,
+        http_port=args.extproc_http_port,
+        grpc_port=args.extproc_grpc_port,
+        stats_port=args.extproc_stats_port,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

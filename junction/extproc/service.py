@@ -40,10 +40,17 @@ from junction.config.model import Config
 from junction.errors import JunctionError
 from junction.extproc.counters import COUNTER_NAMES, SharedCounters
 from junction.extproc.http_adapter import HttpLimits
+from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
 from junction.extproc.worker import TableInputs, WorkerOptions, worker_main
 
-__all__ = ["ExtProcError", "ExtProcService", "ServiceSettings", "run_until_signalled"]
+__all__ = [
+    "ExtProcError",
+    "ExtProcService",
+    "ServiceSettings",
+    "SidecarSettings",
+    "run_until_signalled",
+]
 
 log = logging.getLogger("junction.extproc")
 
@@ -67,6 +74,20 @@ class ServiceSettings:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     limits: HttpLimits = field(default_factory=HttpLimits)
     log_level: str = "warning"
+    #: Start the workers only once a config needs decisions (``junction up`` runs the
+    #: service beside every control plane; most configs in tests never use it).
+    lazy: bool = False
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """How ``junction up`` runs the decision service beside its Envoy (ports 0: free ones;
+    the bootstrap then names the ports actually bound)."""
+
+    workers: int
+    http_port: int = 0
+    grpc_port: int = 0
+    stats_port: int = 0
 
 
 class _Inputs:
@@ -157,8 +178,8 @@ class ExtProcService:
         self.http_port = self._reserve(s.http_port) if s.http_port is not None else None
         self.grpc_port = self._reserve(s.grpc_port) if s.grpc_port is not None else None
         self._options = WorkerOptions(s.host, self.http_port, self.grpc_port, s.limits, s.log_level)
-        for index in range(s.workers):
-            self._workers.append(self._spawn(index))
+        if not s.lazy:
+            self._spawn_all()
         loop = asyncio.get_running_loop()
         for coro in (
             s.catalog_source.run(self._inputs),
@@ -168,8 +189,10 @@ class ExtProcService:
             self._tasks.append(loop.create_task(coro))
         await self._serve_stats()
         log.info(
-            "decision service up: %d workers, http %s, grpc %s, stats http://%s:%d/stats",
-            s.workers, self.http_port, self.grpc_port, s.host, self.stats_port,
+            "decision service up: %d workers%s, http port %s, grpc port %s, "
+            "stats on http://%s:%d/stats",
+            s.workers, " (started once the config needs decisions)" if s.lazy else "",
+            self.http_port, self.grpc_port, s.host, self.stats_port,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -214,6 +237,10 @@ class ExtProcService:
         return int(sock.getsockname()[1])
 
     # ---- workers
+
+    def _spawn_all(self) -> None:
+        for index in range(self.settings.workers):
+            self._workers.append(self._spawn(index))
 
     def _spawn(self, index: int, restarts: int = 0) -> _Worker:
         ours, theirs = self._ctx.Pipe(duplex=True)
@@ -279,6 +306,10 @@ class ExtProcService:
         self._latest = inputs
         log.info("decision table %s (clusters without a healthy host: %s)", inputs.version,
                  ", ".join(sorted(inputs.unavailable)) or "none")  # fmt: skip
+        if not self._workers:
+            if uses_decisions(inputs.config):
+                self._spawn_all()  # lazy, and now needed; each worker gets _latest at spawn
+            return
         for w in self._workers:
             with contextlib.suppress(OSError):
                 w.conn.send(inputs)
@@ -299,10 +330,13 @@ class ExtProcService:
                 "alive": w.process.is_alive(),
                 "table": w.version,
                 "restarts": w.restarts,
+                "requests": self.shared.row(w.index)["requests"],
             }
             for w in self._workers
         ]
         ready = bool(latest) and all(w["alive"] and w["table"] == latest for w in workers)
+        if self.settings.lazy and not workers and self._latest is not None:
+            ready = True  # nothing to decide yet, so nothing to wait for
         return {
             "ready": ready,
             "table": latest,

@@ -33,12 +33,13 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from junction.errors import JunctionError
-from junction.xds.names import ALS_CLUSTER, EXTPROC_CLUSTER, XDS_CLUSTER
+from junction.xds.names import ALS_CLUSTER, EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER, XDS_CLUSTER
 from junction.xds.translate_cluster import ads_config_source, duration
 
 __all__ = [
     "ALS_CLUSTER",
     "EXTPROC_CLUSTER",
+    "EXTPROC_HTTP_CLUSTER",
     "XDS_CLUSTER",
     "BootstrapError",
     "BootstrapOptions",
@@ -48,6 +49,13 @@ __all__ = [
 
 #: Connect timeout of the static clusters: all are expected on loopback or the same LAN.
 STATIC_CONNECT_TIMEOUT = 1.0
+#: ext_proc opens one gRPC stream per request; capping streams per HTTP/2 connection makes
+#: Envoy open more connections under load, which SO_REUSEPORT spreads over the decision
+#: service's worker processes (one connection per Envoy worker would pin each to one).
+EXTPROC_STREAMS_PER_CONNECTION = 8
+#: Idle HTTP/1.1 connections to the decision service are closed by Envoy first (the service
+#: closes them after 60 s), so Envoy never sends on a connection the service is closing.
+EXTPROC_HTTP_IDLE_TIMEOUT = 30.0
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -59,8 +67,10 @@ class BootstrapError(JunctionError):
 class BootstrapOptions:
     """Where Envoy finds Junction's services, and who this Envoy is.
 
-    ``als_port`` / ``extproc_port`` of None omit that static cluster. ``delta`` selects
-    incremental xDS (``DELTA_GRPC``) instead of state of the world (``GRPC``).
+    ``als_port`` / ``extproc_port`` / ``extproc_http_port`` of None omit that static
+    cluster (``extproc_http_port``: the decision service's ``http_service`` transport, on
+    ``extproc_host`` too). ``delta`` selects incremental xDS (``DELTA_GRPC``) instead of
+    state of the world (``GRPC``).
     ``admin_port`` may be 0 (Envoy picks a free port; see ``--admin-address-path``).
     """
 
@@ -76,6 +86,7 @@ class BootstrapOptions:
     als_port: int | None = 9001
     extproc_host: str = "127.0.0.1"
     extproc_port: int | None = 9002
+    extproc_http_port: int | None = 9003
     delta: bool = False
 
     def __post_init__(self) -> None:
@@ -89,6 +100,8 @@ class BootstrapOptions:
             _check_port("als_port", self.als_port, allow_zero=False)
         if self.extproc_port is not None:
             _check_port("extproc_port", self.extproc_port, allow_zero=False)
+        if self.extproc_http_port is not None:
+            _check_port("extproc_http_port", self.extproc_http_port, allow_zero=False)
         for what in ("xds_host", "admin_host", "als_host", "extproc_host"):
             if not getattr(self, what).strip():
                 raise BootstrapError(f"{what}: must not be empty")
@@ -123,7 +136,16 @@ def bootstrap_message(opts: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
     if opts.als_port is not None:
         clusters.append(_grpc_cluster(ALS_CLUSTER, opts.als_host, opts.als_port))
     if opts.extproc_port is not None:
-        clusters.append(_grpc_cluster(EXTPROC_CLUSTER, opts.extproc_host, opts.extproc_port))
+        clusters.append(
+            _grpc_cluster(
+                EXTPROC_CLUSTER,
+                opts.extproc_host,
+                opts.extproc_port,
+                max_streams=EXTPROC_STREAMS_PER_CONNECTION,
+            )
+        )
+    if opts.extproc_http_port is not None:
+        clusters.append(_extproc_http_cluster(opts.extproc_host, opts.extproc_http_port))
 
     api_type = (
         config_source_pb2.ApiConfigSource.DELTA_GRPC
@@ -162,13 +184,37 @@ def _socket(host: str, port: int) -> address_pb2.Address:
     )
 
 
-def _grpc_cluster(
-    name: str, host: str, port: int, *, keepalive: bool = False
-) -> cluster_pb2.Cluster:
-    """A static cluster of one gRPC server: HTTP/2 upstream, 1 s connect timeout."""
-    http2 = http_protocol_options_pb2.HttpProtocolOptions(
+def _extproc_http_cluster(host: str, port: int) -> cluster_pb2.Cluster:
+    """The decision service's ``http_service`` transport: HTTP/1.1, one request per
+    connection at a time (so concurrent calls spread over connections, hence workers)."""
+    http1 = http_protocol_options_pb2.HttpProtocolOptions(
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration(EXTPROC_HTTP_IDLE_TIMEOUT)
+        ),
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+        ),
+    )
+    return _grpc_cluster(EXTPROC_HTTP_CLUSTER, host, port, protocol_options=http1)
+
+
+def _grpc_cluster(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    keepalive: bool = False,
+    max_streams: int | None = None,
+    protocol_options: http_protocol_options_pb2.HttpProtocolOptions | None = None,
+) -> cluster_pb2.Cluster:
+    """A static cluster of one gRPC server: HTTP/2 upstream, 1 s connect timeout.
+    ``protocol_options`` replaces HTTP/2 (for the one HTTP/1.1 static cluster)."""
+    h2 = protocol_pb2.Http2ProtocolOptions()
+    if max_streams is not None:
+        h2.max_concurrent_streams.value = max_streams
+    http2 = protocol_options or http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=h2
         )
     )
     packed = any_pb2.Any()

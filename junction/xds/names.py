@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ALS_CLUSTER",
     "EXTPROC_CLUSTER",
+    "EXTPROC_HTTP_CLUSTER",
     "LISTENER_NAME",
     "RESERVED_CLUSTERS",
     "ROUTE_CONFIG_NAME",
@@ -20,10 +21,12 @@ __all__ = [
 XDS_CLUSTER = "junction_xds"
 ALS_CLUSTER = "junction_als"
 EXTPROC_CLUSTER = "junction_extproc"
+#: The decision service's other transport: Envoy's ext_proc ``http_service`` (HTTP/1.1).
+EXTPROC_HTTP_CLUSTER = "junction_extproc_http"
 
 #: A CDS cluster may not reuse a static cluster's name: Envoy rejects the whole CDS update
 #: ("... is a static cluster and cannot be added/updated via CDS").
-RESERVED_CLUSTERS = frozenset({XDS_CLUSTER, ALS_CLUSTER, EXTPROC_CLUSTER})
+RESERVED_CLUSTERS = frozenset({XDS_CLUSTER, ALS_CLUSTER, EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER})
 
 #: The one HTTP listener and the one route configuration translation produces.
 LISTENER_NAME = "junction_http"

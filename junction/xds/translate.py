@@ -14,6 +14,9 @@ What it produces (xDS resource names in :mod:`junction.xds.names`):
   update makes Envoy drain the old listener's connections);
 - one RouteConfiguration ``junction_routes``: one virtual host per route block, one route
   per prefix (longest first), a single cluster or weighted clusters;
+- when the config asks for per-request decisions (``versions`` with a pin or canary,
+  ``experiments``): the ext_proc filter, header-matched version routes and the per-route
+  ext_proc switch (see :mod:`junction.xds.translate_extproc`);
 - per cluster name, a Cluster (EDS over ADS) and its ClusterLoadAssignment
   (see :mod:`junction.xds.translate_cluster`).
 
@@ -44,7 +47,7 @@ without reshaping this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -60,6 +63,7 @@ from google.protobuf.message import Message
 
 from junction.catalog.model import Catalog
 from junction.config.model import Config, PrefixRoute, VirtualHost
+from junction.extproc.plan import RoutePlan
 from junction.xds.names import LISTENER_NAME, ROUTE_CONFIG_NAME
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 from junction.xds.translate_cluster import (
@@ -67,6 +71,12 @@ from junction.xds.translate_cluster import (
     build_cluster,
     build_load_assignment,
     duration,
+)
+from junction.xds.translate_extproc import (
+    decision_routes,
+    early_header_mutations,
+    extproc_filter,
+    plans_by_route,
 )
 
 __all__ = [
@@ -184,12 +194,18 @@ def build_http_connection_manager(
     config: Config, options: TranslateOptions = DEFAULT_OPTIONS
 ) -> hcm_pb2.HttpConnectionManager:
     """The HCM: codec AUTO (HTTP/1.1 and HTTP/2 by ALPN/preface), routes over RDS via ADS."""
+    extra = list(options.extra_http_filters)
+    decides = bool(plans_by_route(config))
+    if decides:
+        # The decision service's filter goes last before the router (translate_extproc).
+        extra.append(extproc_filter(config))
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=STAT_PREFIX,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME),
-        http_filters=_http_filters(options.extra_http_filters),
+        http_filters=_http_filters(extra),
         access_log=list(options.access_log),
+        early_header_mutation_extensions=early_header_mutations() if decides else [],
     )
     idle = config.listener.timeout.idle
     if idle is not None:
@@ -210,9 +226,12 @@ def _http_filters(extra: Sequence[hcm_pb2.HttpFilter]) -> list[hcm_pb2.HttpFilte
 def build_route_configuration(config: Config) -> route_pb2.RouteConfiguration:
     """The RDS resource: one virtual host per route block, in document order."""
     request_timeout = config.listener.timeout.request
+    plans = plans_by_route(config)
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[_virtual_host(vh, request_timeout) for vh in config.virtual_hosts()],
+        virtual_hosts=[
+            _virtual_host(config, vh, request_timeout, plans) for vh in config.virtual_hosts()
+        ],
         # Match "example.com:8000" against domain "example.com": clients put the port in
         # Host when it is not the scheme's default, and the YAML lists bare domains.
         # Unlike HCM strip_any_host_port, this leaves the Host header untouched.
@@ -221,12 +240,21 @@ def build_route_configuration(config: Config) -> route_pb2.RouteConfiguration:
 
 
 def _virtual_host(
-    vh: VirtualHost, request_timeout: float | None
+    config: Config,
+    vh: VirtualHost,
+    request_timeout: float | None,
+    plans: Mapping[tuple[str, str], RoutePlan],
 ) -> route_components_pb2.VirtualHost:
     return route_components_pb2.VirtualHost(
         name=vh.name,
         domains=list(vh.domains),
-        routes=[_route(r, vh.host_rewrite, request_timeout) for r in vh.routes],
+        routes=[
+            route
+            for r in vh.routes
+            for route in decision_routes(
+                config, plans.get((vh.name, r.prefix)), _route(r, vh.host_rewrite, request_timeout)
+            )
+        ],
     )
 
 

@@ -20,6 +20,7 @@ from junction.errors import JunctionError
 from junction.xds.bootstrap import (
     ALS_CLUSTER,
     EXTPROC_CLUSTER,
+    EXTPROC_HTTP_CLUSTER,
     XDS_CLUSTER,
     BootstrapError,
     BootstrapOptions,
@@ -71,7 +72,8 @@ def test_admin_on_loopback() -> None:
 
 def test_three_static_http2_grpc_clusters_on_loopback() -> None:
     got = clusters(bootstrap(opts()))
-    assert list(got) == [XDS_CLUSTER, ALS_CLUSTER, EXTPROC_CLUSTER]
+    assert list(got) == [XDS_CLUSTER, ALS_CLUSTER, EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER]
+    del got[EXTPROC_HTTP_CLUSTER]  # HTTP/1.1: test_extproc_http_cluster_is_http1
     ports = {XDS_CLUSTER: 18000, ALS_CLUSTER: 9001, EXTPROC_CLUSTER: 9002}
     for name, cluster in got.items():
         assert cluster["type"] == "STATIC"
@@ -82,11 +84,23 @@ def test_three_static_http2_grpc_clusters_on_loopback() -> None:
         assert (sock["address"], sock["portValue"]) == ("127.0.0.1", ports[name])
         options = cluster["typedExtensionProtocolOptions"][HTTP_OPTIONS]
         assert options["@type"].endswith(HTTP_OPTIONS)
-        assert options["explicitHttpConfig"] == {"http2ProtocolOptions": {}}
+        expected: dict[str, Any] = {}
+        if name == EXTPROC_CLUSTER:  # one gRPC stream per request: spread over connections
+            expected = {"maxConcurrentStreams": 8}
+        assert options["explicitHttpConfig"] == {"http2ProtocolOptions": expected}
+
+
+def test_extproc_http_cluster_is_http1() -> None:
+    cluster = clusters(bootstrap(opts(extproc_http_port=7003)))[EXTPROC_HTTP_CLUSTER]
+    sock = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
+    assert (sock["socketAddress"]["address"], sock["socketAddress"]["portValue"]) == ("127.0.0.1", 7003)
+    options = cluster["typedExtensionProtocolOptions"][HTTP_OPTIONS]
+    assert options["explicitHttpConfig"] == {"httpProtocolOptions": {}}
+    assert options["commonHttpProtocolOptions"] == {"idleTimeout": "30s"}
 
 
 def test_http2_options_unpack_as_the_upstream_http_extension() -> None:
-    msg = bootstrap_message(opts())
+    msg = bootstrap_message(opts(extproc_http_port=None))
     for cluster in msg.static_resources.clusters:
         packed = cluster.typed_extension_protocol_options[HTTP_OPTIONS]
         options = http_protocol_options_pb2.HttpProtocolOptions()
@@ -114,9 +128,17 @@ def test_custom_hosts_and_ports() -> None:
 
 
 def test_als_and_extproc_can_be_omitted() -> None:
-    assert list(clusters(bootstrap(opts(als_port=None)))) == [XDS_CLUSTER, EXTPROC_CLUSTER]
-    assert list(clusters(bootstrap(opts(extproc_port=None)))) == [XDS_CLUSTER, ALS_CLUSTER]
-    assert list(clusters(bootstrap(opts(als_port=None, extproc_port=None)))) == [XDS_CLUSTER]
+    no_http = {"extproc_http_port": None}
+    assert list(clusters(bootstrap(opts(als_port=None, **no_http)))) == [XDS_CLUSTER, EXTPROC_CLUSTER]
+    assert list(clusters(bootstrap(opts(extproc_port=None, **no_http)))) == [XDS_CLUSTER, ALS_CLUSTER]
+    assert list(clusters(bootstrap(opts(als_port=None, extproc_port=None, **no_http)))) == [
+        XDS_CLUSTER
+    ]
+    assert list(clusters(bootstrap(opts(extproc_port=None)))) == [
+        XDS_CLUSTER,
+        ALS_CLUSTER,
+        EXTPROC_HTTP_CLUSTER,
+    ]
 
 
 def test_xds_host_name_uses_logical_dns() -> None:

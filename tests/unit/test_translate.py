@@ -40,6 +40,7 @@ from junction.xds.translate import (
     http_filter,
     translate,
 )
+from junction.xds.translate_extproc import EXTPROC_FILTER
 from junction.xds.validate import check_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,7 +177,8 @@ def test_listener_address_and_rds_over_ads() -> None:
     assert hcm.rds.route_config_name == ROUTE_CONFIG_NAME
     assert hcm.rds.config_source.HasField("ads")
     assert hcm.rds.config_source.resource_api_version == 2  # V3
-    assert [f.name for f in hcm.http_filters] == [ROUTER_FILTER]
+    # The seed's web-api versions add the decision service's filter (translate_extproc).
+    assert [f.name for f in hcm.http_filters] == [EXTPROC_FILTER, ROUTER_FILTER]
 
 
 def test_extra_filters_go_before_the_router_and_access_logs_are_kept() -> None:
@@ -191,6 +193,7 @@ def test_extra_filters_go_before_the_router_and_access_logs_are_kept() -> None:
     assert [f.name for f in hcm.http_filters] == [
         "envoy.filters.http.lua",
         "second",
+        EXTPROC_FILTER,
         ROUTER_FILTER,
     ]
     assert [a.name for a in hcm.access_log] == ["envoy.access_loggers.http_grpc"]
@@ -593,6 +596,12 @@ def test_reordered_input_same_version() -> None:
         listener:
           timeout: {request: 15, idle: 60, connect: 1}
           listen: {port: 8000, address: 127.0.0.1, protocol: tcp}
+        versions:
+          web-api:
+            canary: {key: {header: x-user-id}, weight: 10, version: go}
+            pin: {trust: any, header: x-junction-version}
+            clusters: {go: web-api-go, perl: web-api-perl}
+            default: perl
         """
     )
     services = dict(seed_catalog().services)

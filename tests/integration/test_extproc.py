@@ -1,0 +1,434 @@
+"""The decision service through a real Envoy, over both transports (gRPC and http_service).
+
+One stack per transport (module scope: upstreams, ``junction up`` with its Envoy and a
+two-worker decision service); each test writes the config it needs and waits until both
+Envoy and every decision worker run it. Assertions are about where requests land, what
+the upstream saw and what the service counted; none is about time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from harness import Junction, Tally, drive, free_port, junction_up, upstreams
+
+from junction.extproc.pins import sign_pin
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+PIN_KEY = "integration-test-key"
+
+CONFIG = """\
+listener:
+  listen: {{protocol: tcp, address: 127.0.0.1, port: {listener}}}
+  timeout: {{connect: 1, request: 5}}
+route:
+  domain: ["example.com"]
+  cluster:
+    web-api-perl: {{prefix: ["/api"], weight: 90}}
+    web-api-go:   {{prefix: ["/api"], weight: 10}}
+    web-asset:    {{prefix: ["/asset"], weight: 100}}
+versions:
+  web-api:
+    default: perl
+    clusters: {{perl: web-api-perl, go: web-api-go}}
+    pin: {pin}
+    canary: {{version: go, weight: 0, key: {{header: x-user-id}}}}
+experiments:
+  feed:
+    service: web-api
+    match: {{prefix: /api/feed}}
+    key: {{header: x-user-id}}
+    salt: feed-test
+    sticky-cookie: {{name: jx-feed, max-age: 600}}
+    arms: {{control: {{weight: 50}}, treatment: {{weight: 50, version: go}}}}
+decision: {{transport: {transport}, failure-mode: {failure}, timeout: {timeout}}}
+"""
+
+TRUST_ANY = "{trust: any}"
+
+
+@dataclass
+class Answer:
+    status: int
+    service: str
+    decision: str
+    version: str
+    cookies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stack:
+    junction: Junction
+    transport: str
+    listener: int
+    stats_port: int
+    config_path: Path
+    session: aiohttp.ClientSession
+    current: str = ""
+
+    def render(self, pin: str = TRUST_ANY, failure: str = "open", timeout: float = 2.0) -> str:
+        # A generous message timeout: on 2 shared cores a slow worker must not fail open a
+        # pin test; the slow-service test shortens it.
+        return CONFIG.format(
+            listener=self.listener,
+            transport=self.transport,
+            pin=pin,
+            failure=failure,
+            timeout=timeout,
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.session.get(f"http://127.0.0.1:{self.stats_port}/stats") as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def apply(self, text: str) -> None:
+        """Write ``text`` and wait until every worker and Envoy run it."""
+        if text == self.current:
+            return
+        before = (await self.stats())["table"]
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+        await self.until(lambda s: s["table"] != before and s["ready"], "a new decision table")
+        await self.junction.wait_acked()
+        # Fresh connections: a kept-alive one stays on the listener config it started on
+        # until Envoy drains it (a filter change, e.g. sending the source address, is a new
+        # listener config).
+        await self.session.close()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self.current = text
+
+    async def until(self, check: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                stats = await self.stats()
+                if check(stats):
+                    return stats
+            if loop.time() > deadline:
+                raise AssertionError(f"no {what} within {timeout}s; log:\n{self.junction.log()}")
+            await asyncio.sleep(0.05)
+
+    async def get(self, path: str = "/api/x", **headers: str) -> Answer:
+        send = {"Host": "example.com", **{k.replace("_", "-"): v for k, v in headers.items()}}
+        async with self.session.get(f"http://127.0.0.1:{self.listener}{path}", headers=send) as r:
+            await r.read()
+            return Answer(
+                r.status,
+                r.headers.get("x-upstream-service", "-"),
+                r.headers.get("x-echo-x-junction-decision", ""),
+                r.headers.get("x-echo-x-junction-version", ""),
+                r.headers.getall("set-cookie", []),
+            )
+
+    async def many(
+        self, n: int, path: str = "/api/x", concurrency: int = 16, **headers: Any
+    ) -> list[Answer]:
+        """``n`` requests; a header given as a callable gets the request index."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> Answer:
+            async with sem:
+                return await self.get(
+                    path, **{k: v(i) if callable(v) else v for k, v in headers.items()}
+                )
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["http", "grpc"])
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"extproc-{request.param}")
+    ports = {k: free_port() for k in ("perl", "go", "asset")}
+    listener, stats_port = free_port(), free_port()
+    config_path, instances_path = tmp / "config.yaml", tmp / "instances.yaml"
+    instances_path.write_text(
+        "services:\n"
+        + "".join(
+            f"  {name}: [{{address: 127.0.0.1, port: {ports[key]}}}]\n"
+            for name, key in (
+                ("web-api-perl", "perl"),
+                ("web-api-go", "go"),
+                ("web-asset", "asset"),
+            )
+        )
+    )
+    extra = [
+        "--extproc-workers", "2",
+        "--extproc-http-port", str(free_port()),
+        "--extproc-grpc-port", str(free_port()),
+        "--extproc-stats-port", str(stats_port),
+    ]  # fmt: skip
+    async with upstreams(
+        [
+            (n, ports[k])
+            for n, k in (("web-api-perl", "perl"), ("web-api-go", "go"), ("web-asset", "asset"))
+        ]
+    ):
+        os.environ["JUNCTION_TEST_PIN_KEY"] = PIN_KEY  # inherited by junction up's workers
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        stack = Stack(None, request.param, listener, stats_port, config_path, session)  # type: ignore[arg-type]
+        config_path.write_text(stack.render())
+        stack.current = stack.render()
+        try:
+            async with junction_up(
+                tmp, config_path, instances_path, listener_port=listener, extra=extra
+            ) as junction:
+                stack.junction = junction
+                await junction.wait_acked()
+                await stack.until(lambda s: s["ready"] and len(s["workers"]) == 2, "ready workers")
+                # Until the upstreams answer through Envoy (the first connections).
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 15
+                while (await drive(listener, "/api/x", count=5)).failures:
+                    assert loop.time() < deadline, junction.log()
+                yield stack
+        finally:
+            await stack.session.close()
+
+
+async def test_every_pinned_request_lands_on_its_version(stack: Stack) -> None:
+    await stack.apply(stack.render())
+    for version, service in (("go", "web-api-go"), ("perl", "web-api-perl")):
+        answers = await stack.many(1000, x_junction_version=version)
+        assert Counter(a.service for a in answers) == {service: 1000}
+        assert {a.decision for a in answers} == {f"pin={version}"}
+        assert {a.version for a in answers} == {version}  # propagated upstream
+    # Unpinned requests: canary weight 0 keeps them on the default version.
+    unpinned = await stack.many(200)
+    assert Counter(a.service for a in unpinned) == {"web-api-perl": 200}
+    assert {a.decision for a in unpinned} == {"canary=perl"}
+
+
+async def test_a_client_cannot_route_itself_with_the_cluster_header(stack: Stack) -> None:
+    await stack.apply(stack.render())
+    answers = await stack.many(200, x_junction_cluster="web-api-go")
+    assert Counter(a.service for a in answers) == {"web-api-perl": 200}
+    assets = await stack.many(20, "/asset/logo.png", x_junction_cluster="web-api-go")
+    assert Counter(a.service for a in assets) == {"web-asset": 20}
+    assert {a.decision for a in assets} == {""}  # ext_proc is off on /asset
+
+
+async def test_untrusted_pins_are_ignored(stack: Stack) -> None:
+    # The test client is 127.0.0.1, outside 10.0.0.0/8.
+    await stack.apply(stack.render(pin="{trust: cidr, trusted-cidrs: [10.0.0.0/8]}"))
+    before = (await stack.stats())["counters"]["pin_untrusted"]
+    answers = await stack.many(100, x_junction_version="go")
+    assert Counter(a.service for a in answers) == {"web-api-perl": 100}
+    assert {a.version for a in answers} == {"perl"}  # the untrusted value is not propagated
+    await stack.until(
+        lambda s: s["counters"]["pin_untrusted"] >= before + 100, "untrusted pins counted"
+    )
+
+    await stack.apply(stack.render(pin="{trust: cidr, trusted-cidrs: [127.0.0.0/8]}"))
+    trusted = await stack.many(100, x_junction_version="go")
+    assert Counter(a.service for a in trusted) == {"web-api-go": 100}
+
+    await stack.apply(stack.render(pin="{trust: hmac, hmac-key-env: JUNCTION_TEST_PIN_KEY}"))
+    signed = sign_pin(PIN_KEY.encode(), "go", int(time.time()) + 600)
+    forged = sign_pin(b"not-the-key", "go", int(time.time()) + 600)
+    assert Counter(a.service for a in await stack.many(100, x_junction_version=signed)) == {
+        "web-api-go": 100
+    }
+    assert Counter(a.service for a in await stack.many(100, x_junction_version=forged)) == {
+        "web-api-perl": 100
+    }
+    assert Counter(a.service for a in await stack.many(50, x_junction_version="go")) == {
+        "web-api-perl": 50
+    }
+
+
+async def test_experiment_split_and_stable_arms_across_workers_and_restarts(stack: Stack) -> None:
+    await stack.apply(stack.render())
+    answers = await stack.many(1000, "/api/feed", x_user_id=lambda i: f"user-{i}")
+    arms = {f"user-{i}": a.decision for i, a in enumerate(answers)}
+    treatment = sum(1 for a in answers if a.decision == "exp=feed:treatment")
+    # 50/50 over 1000 keys: sd ~16; five sd either side.
+    assert 420 <= treatment <= 580, treatment
+    for a in answers:
+        expected = "web-api-go" if a.decision == "exp=feed:treatment" else "web-api-perl"
+        assert a.service == expected, a
+    stats = await stack.until(
+        lambda s: all(w["requests"] > 0 for w in s["workers"]), "both workers busy"
+    )
+
+    # Again, over fresh connections (spread over both workers): the same arm for every key.
+    again = await stack.many(1000, "/api/feed", x_user_id=lambda i: f"user-{i}")
+    assert {f"user-{i}": a.decision for i, a in enumerate(again)} == arms
+
+    # Restart every worker: the assignment survives.
+    pids = [w["pid"] for w in stats["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    await stack.until(
+        lambda s: s["ready"] and not {w["pid"] for w in s["workers"]} & set(pids),
+        "restarted workers",
+    )
+    after = await stack.many(1000, "/api/feed", x_user_id=lambda i: f"user-{i}")
+    assert {f"user-{i}": a.decision for i, a in enumerate(after)} == arms
+
+
+async def test_sticky_cookie_is_issued_once_and_honoured(stack: Stack) -> None:
+    await stack.apply(stack.render())
+    first = await stack.get("/api/feed")
+    assert first.status == 200
+    (cookie,) = first.cookies
+    assert cookie.startswith("jx-feed=") and "Max-Age=600" in cookie
+    pair = cookie.split(";")[0]
+    again = await stack.many(50, "/api/feed", cookie=pair)
+    assert {a.decision for a in again} == {first.decision}
+    assert {a.service for a in again} == {first.service}
+    assert all(not a.cookies for a in again)  # issued once
+    # Requests with a key, or off the experiment, get no cookie.
+    assert not (await stack.get("/api/feed", x_user_id="u1")).cookies
+    assert not (await stack.get("/api/x")).cookies
+
+
+async def kill_workers(stack: Stack) -> list[int]:
+    pids = [w["pid"] for w in (await stack.stats())["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+async def test_fail_open_under_a_killed_service(stack: Stack) -> None:
+    await stack.apply(stack.render())
+    stop = asyncio.Event()
+    tally = Tally()
+    decisions: Counter[str] = Counter()
+
+    async def load() -> None:
+        while not stop.is_set():
+            for a in await stack.many(40, x_junction_version="go"):
+                tally.statuses[a.status] += 1
+                tally.services[a.service] += 1
+                decisions[a.decision] += 1
+
+    task = asyncio.create_task(load())
+    try:
+        await asyncio.sleep(0.3)
+        pids = await kill_workers(stack)
+        # Fail open: while the service is down, requests take the plain routes.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while decisions[""] == 0:
+            assert loop.time() < deadline, decisions
+            await asyncio.sleep(0.05)
+        await stack.until(
+            lambda s: s["ready"] and not {w["pid"] for w in s["workers"]} & set(pids),
+            "restarted workers",
+        )
+        seen = decisions["pin=go"]
+        while decisions["pin=go"] == seen:  # decisions again after the restart
+            assert loop.time() < deadline, decisions
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert set(tally.statuses) == {200}, tally.statuses  # zero errors
+
+
+async def test_fail_closed_answers_503_while_the_service_is_down(stack: Stack) -> None:
+    await stack.apply(stack.render(failure="closed"))
+    assert (await stack.get(x_junction_version="go")).service == "web-api-go"
+    # A stopped (not dead) service: every call times out, and fails closed.
+    pids = [w["pid"] for w in (await stack.stats())["workers"]]
+    await stack.apply(stack.render(failure="closed", timeout=0.3))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = await stack.many(20, x_junction_version="go")
+        # 503 (status_on_error) when the call fails, 504 when Envoy's message timeout fires
+        # first: closed either way, no request reaches an upstream.
+        assert {a.status for a in answers} <= {503, 504}, answers
+        assert {a.service for a in answers} == {"-"}
+        assert (await stack.get("/asset/x")).status == 200  # no decision needed there
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    pids = await kill_workers(stack)
+    statuses: Counter[int] = Counter()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while statuses[503] == 0:
+        statuses[(await stack.get(x_junction_version="go")).status] += 1
+        assert loop.time() < deadline, statuses
+    await stack.until(
+        lambda s: s["ready"] and not {w["pid"] for w in s["workers"]} & set(pids),
+        "restarted workers",
+    )
+    while (await stack.get(x_junction_version="go")).status != 200:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    await stack.apply(stack.render())
+
+
+async def raw_get(port: int, header_lines: list[bytes]) -> int:
+    """A request with raw header bytes (invalid UTF-8, duplicates), as a hostile client sends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /api/x HTTP/1.1\r\nhost: example.com\r\n"
+            + b"".join(h + b"\r\n" for h in header_lines)
+            + b"connection: close\r\n\r\n"
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await asyncio.wait_for(reader.read(), 10)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "counter"),
+    [
+        pytest.param(
+            [b"x-junction-version: go", b"x-junction-version: perl"],
+            "pin_ambiguous",
+            id="duplicate pins",
+        ),
+        pytest.param(
+            [b"x-junction-version: g\xff\xfeo"], "pin_unknown_version", id="invalid utf-8"
+        ),
+        pytest.param([b"x-junction-version: java"], "pin_unknown_version", id="unknown version"),
+        pytest.param(
+            [b"x-junction-version: " + b"g" * 40_000], "pin_unknown_version", id="40 KiB value"
+        ),
+        pytest.param(
+            [b"x-junction-version: go" + b"o" * 300]
+            + [b"x-h%d: %s" % (i, b"v" * 200) for i in range(90)],
+            "pin_unknown_version",
+            id="90 headers",
+        ),
+        pytest.param([b"cookie: ;;=;jx-feed"], "cookie_malformed", id="malformed cookie"),
+    ],
+)
+async def test_hostile_requests_get_no_pin_and_a_counter(
+    stack: Stack, headers: list[bytes], counter: str
+) -> None:
+    await stack.apply(stack.render(pin="{trust: any, cookie: jv}"))
+    before = await stack.stats()
+    assert await raw_get(stack.listener, headers) == 200
+    after = await stack.until(
+        lambda s: s["counters"][counter] > before["counters"][counter], counter
+    )
+    assert after["counters"]["decided_pin"] == before["counters"]["decided_pin"]
+    assert [w["restarts"] for w in after["workers"]] == [w["restarts"] for w in before["workers"]]
+    assert after["counters"]["internal_error"] == 0
