@@ -14,7 +14,8 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +87,24 @@ def check_snapshot(snapshot: Snapshot) -> list[str]:
     sum to zero.
     """
     problems: list[str] = []
-    problems += _check_resources(snapshot)
+    facts: dict[str, dict[str, _Facts]] = {}
+    for type_url, resources in snapshot.resources.items():
+        facts[type_url] = found = _facts_of(type_url, resources)
+        for f in found.values():
+            if f.problems:
+                problems += f.problems
     clusters = snapshot.of_type(CLUSTER)
     assignments = snapshot.of_type(ENDPOINT)
     routes = snapshot.of_type(ROUTE)
 
     eds_names: set[str] = set()
-    for name, res in clusters.items():
-        cluster = res.message
-        if not isinstance(cluster, cluster_pb2.Cluster):
+    for name, f in facts.get(CLUSTER, {}).items():
+        if not f.expected_type:
             continue
         if name in RESERVED_CLUSTERS:
             problems.append(f"Cluster {name!r}: the name is reserved for a bootstrap cluster")
-        if cluster.type == cluster_pb2.Cluster.EDS:
-            service = cluster.eds_cluster_config.service_name or name
+        service = f.eds_service
+        if service is not None:
             eds_names.add(service)
             if service not in assignments:
                 problems.append(
@@ -108,14 +113,11 @@ def check_snapshot(snapshot: Snapshot) -> list[str]:
     for name in assignments:
         if name not in eds_names:
             problems.append(f"ClusterLoadAssignment {name!r}: no EDS cluster uses it")
-    for name, res in assignments.items():
-        problems += _checked(ENDPOINT, name, res)[1]
+    for f in facts.get(ENDPOINT, {}).values():
+        if f.endpoints:
+            problems += f.endpoints
 
-    route_configs: list[tuple[str, route_pb2.RouteConfiguration]] = [
-        (f"RouteConfiguration {name!r}", res.message)
-        for name, res in routes.items()
-        if isinstance(res.message, route_pb2.RouteConfiguration)
-    ]
+    inline: list[tuple[str, route_pb2.RouteConfiguration]] = []
     for lname, res in snapshot.of_type(LISTENER).items():
         if not isinstance(res.message, listener_pb2.Listener):
             continue
@@ -127,55 +129,69 @@ def check_snapshot(snapshot: Snapshot) -> list[str]:
                         f"Listener {lname!r}: route configuration {wanted!r} is not in RDS"
                     )
             elif hcm.HasField("route_config"):
-                route_configs.append((f"Listener {lname!r} inline routes", hcm.route_config))
-    for where, rc in route_configs:
-        problems += _check_routes(where, rc, set(clusters))
+                inline.append((f"Listener {lname!r} inline routes", hcm.route_config))
+    known = clusters.keys()
+    for name, f in facts.get(ROUTE, {}).items():
+        if not f.expected_type:
+            continue
+        if known >= f.route_refs:
+            problems += f.problems_of_routes  # nothing missing: the remembered answer
+        else:
+            where = f"RouteConfiguration {name!r}"
+            problems += _check_routes(where, f.resource.message, known)[0]
+    for where, rc in inline:
+        problems += _check_routes(where, rc, known)[0]
     return problems
 
 
-# Per-resource checks depend only on the resource and the key it is filed under, and a
-# Resource is immutable (its payload is its message's serialization). The publisher's
-# snapshots are built incrementally and share all but the changed Resource objects with
-# the previous one, so each result is remembered per key together with the very object it
-# was computed for (held here, so its identity cannot be reused while remembered): a
-# one-instance change then re-checks one ClusterLoadAssignment, not all 10,000 endpoint
-# addresses of 1000 clusters (29 ms -> ~1 ms there; loadtest/xds_bench.py).
-_CHECKED: dict[tuple[str, str], tuple[Resource, tuple[str, ...], tuple[str, ...]]] = {}
-_CHECKED_MAX = 65536
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What :func:`check_snapshot` needs of one resource, computed from it alone."""
+
+    resource: Resource
+    #: The message is of the type its type URL says.
+    expected_type: bool
+    #: Its own problems: type, name, payload round-trip.
+    problems: tuple[str, ...]
+    #: ClusterLoadAssignment: endpoint addresses that are not IPs.
+    endpoints: tuple[str, ...] = ()
+    #: EDS Cluster: the ClusterLoadAssignment it asks for.
+    eds_service: str | None = None
+    #: RouteConfiguration: every cluster it names, and its problems when all exist.
+    route_refs: frozenset[str] = frozenset()
+    problems_of_routes: tuple[str, ...] = ()
 
 
-def _checked(type_url: str, key: str, res: Resource) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(problems of the resource itself, problems of its endpoint addresses)."""
-    hit = _CHECKED.get((type_url, key))
-    if hit is not None and hit[0] is res:
-        return hit[1], hit[2]
-    own = tuple(_resource_problems(type_url, key, res))
-    msg = res.message
-    endpoints = (
-        tuple(_check_endpoints(key, msg))
-        if isinstance(msg, endpoint_pb2.ClusterLoadAssignment)
-        else ()
-    )
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED[(type_url, key)] = (res, own, endpoints)
-    return own, endpoints
+# A Resource is immutable (its payload is its message's serialization), and the
+# publisher's snapshots are built incrementally: all but the changed Resource objects are
+# the previous snapshot's. So the facts of each resource are remembered per type and key,
+# with the very object they were computed from (held here, so its identity cannot be
+# reused while remembered), and a one-instance change re-examines one
+# ClusterLoadAssignment instead of 10,000 endpoint addresses, 2,002 payloads and a
+# 1000-route table (1000 clusters: 33 ms -> well under 1 ms; loadtest/xds_bench.py).
+_FACTS: dict[str, dict[str, _Facts]] = {}
+_FACTS_MAX = 65536
 
 
-def _check_resources(snapshot: Snapshot) -> list[str]:
-    problems = []
-    for type_url, resources in snapshot.resources.items():
-        for key, res in resources.items():
-            problems += _checked(type_url, key, res)[0]
-    return problems
+def _facts_of(type_url: str, resources: Mapping[str, Resource]) -> dict[str, _Facts]:
+    memo = _FACTS.setdefault(type_url, {})
+    if len(memo) > _FACTS_MAX:
+        memo.clear()
+    out = {}
+    for key, res in resources.items():
+        f = memo.get(key)
+        if f is None or f.resource is not res:
+            f = memo[key] = _examine(type_url, key, res)
+        out[key] = f
+    return out
 
 
-def _resource_problems(type_url: str, key: str, res: Resource) -> list[str]:
+def _examine(type_url: str, key: str, res: Resource) -> _Facts:
     kind = short_type(type_url)
     expected = _MESSAGE_TYPES[type_url]
     msg = res.message
     if not isinstance(msg, expected):
-        return [f"{kind} {key!r}: is a {type(msg).__name__}"]
+        return _Facts(res, False, (f"{kind} {key!r}: is a {type(msg).__name__}",))
     problems = []
     named = msg.cluster_name if type_url == ENDPOINT else msg.name
     if named != key or res.name != key:
@@ -185,10 +201,20 @@ def _resource_problems(type_url: str, key: str, res: Resource) -> list[str]:
         parsed.ParseFromString(res.payload)
     except DecodeError as exc:
         problems.append(f"{kind} {key!r}: payload does not parse: {exc}")
-        return problems
-    if parsed != msg:
-        problems.append(f"{kind} {key!r}: payload and message differ")
-    return problems
+    else:
+        if parsed != msg:
+            problems.append(f"{kind} {key!r}: payload and message differ")
+    if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
+        return _Facts(res, True, tuple(problems), endpoints=tuple(_check_endpoints(key, msg)))
+    if isinstance(msg, cluster_pb2.Cluster):
+        eds = None
+        if msg.type == cluster_pb2.Cluster.EDS:
+            eds = msg.eds_cluster_config.service_name or key
+        return _Facts(res, True, tuple(problems), eds_service=eds)
+    if isinstance(msg, route_pb2.RouteConfiguration):
+        own, refs = _check_routes(f"RouteConfiguration {key!r}", msg, None)
+        return _Facts(res, True, tuple(problems), route_refs=refs, problems_of_routes=tuple(own))
+    return _Facts(res, True, tuple(problems))
 
 
 def _check_endpoints(name: str, cla: endpoint_pb2.ClusterLoadAssignment) -> list[str]:
@@ -205,9 +231,14 @@ def _check_endpoints(name: str, cla: endpoint_pb2.ClusterLoadAssignment) -> list
     return problems
 
 
-def _check_routes(where: str, rc: route_pb2.RouteConfiguration, clusters: set[str]) -> list[str]:
+def _check_routes(
+    where: str, rc: route_pb2.RouteConfiguration, clusters: Container[str] | None
+) -> tuple[list[str], frozenset[str]]:
+    """The problems of ``rc``, a named cluster missing from ``clusters`` among them (not
+    checked when None), and every cluster name its routes use."""
     problems = []
     seen: dict[str, str] = {}
+    refs: set[str] = set()
     for vh in rc.virtual_hosts:
         for domain in vh.domains:
             if domain in seen:
@@ -228,10 +259,13 @@ def _check_routes(where: str, rc: route_pb2.RouteConfiguration, clusters: set[st
                 named += [c.name for c in action.weighted_clusters.clusters]
                 if sum(c.weight.value for c in action.weighted_clusters.clusters) == 0:
                     problems.append(f"{label}: the cluster weights sum to 0")
+            refs.update(named)
+            if clusters is None:
+                continue
             for cluster in named:
                 if cluster not in clusters:
                     problems.append(f"{label}: cluster {cluster!r} is not in CDS")
-    return problems
+    return problems, frozenset(refs)
 
 
 def _connection_managers(

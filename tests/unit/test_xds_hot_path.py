@@ -8,7 +8,7 @@ from dataclasses import replace
 from junction.catalog.model import Catalog, Instance
 from junction.config.load import load_config
 from junction.xds.incremental import IncrementalTranslator
-from junction.xds.resources import CLUSTER, ENDPOINT, Snapshot
+from junction.xds.resources import CLUSTER, ENDPOINT, ROUTE, Snapshot
 from junction.xds.validate import check_snapshot
 
 CONFIG = """
@@ -54,3 +54,17 @@ def test_check_snapshot_rechecks_another_object_with_the_same_name_and_version()
     problems = check_snapshot(bad)
     assert "Cluster 'a': the message is named 'not-a'" in problems
     assert "Cluster 'a': payload and message differ" in problems
+
+
+def test_check_snapshot_rechecks_a_remembered_route_table_against_new_clusters() -> None:
+    config = load_config(CONFIG, "test")
+    good = IncrementalTranslator().translate(config, _catalog())
+    assert check_snapshot(good) == []
+    # The same RouteConfiguration object (already checked), but cluster b is gone.
+    without_b = Snapshot(
+        {t: {n: r for n, r in good.of_type(t).items() if n != "b"} for t in good.resources}
+    )
+    assert without_b.of_type(ROUTE) == good.of_type(ROUTE)
+    problems = check_snapshot(without_b)
+    assert len(problems) == 1
+    assert "route '/b': cluster 'b' is not in CDS" in problems[0]
