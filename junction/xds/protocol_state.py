@@ -267,7 +267,11 @@ class TypeState:
     stream: StreamTypeState | None = None
 
     def holding(self) -> Holding:
-        acked: dict[str, Resource | None] = {n: self.acked.get(n) for n in self.acked_versions}
+        acked: dict[str, Resource | None]
+        if self.acked.keys() == self.acked_versions.keys():
+            acked = dict(self.acked)  # the usual case, every content known: a plain copy
+        else:
+            acked = {n: self.acked.get(n) for n in self.acked_versions}
         return Holding(acked=acked, pending=dict(self.pending))
 
     def set_acked(

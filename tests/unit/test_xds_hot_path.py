@@ -8,8 +8,11 @@ from dataclasses import replace
 from junction.catalog.model import Catalog, Instance
 from junction.config.load import load_config
 from junction.xds.incremental import IncrementalTranslator
-from junction.xds.resources import CLUSTER, ENDPOINT, ROUTE, Snapshot
+from junction.xds.names import ROUTE_CONFIG_NAME
+from junction.xds.protocol_state import version_of
+from junction.xds.resources import ADS_ORDER, CLUSTER, ENDPOINT, ROUTE, Snapshot
 from junction.xds.validate import check_snapshot
+from junction.xds.view import Holding, compute_view
 
 CONFIG = """
 listener:
@@ -68,3 +71,43 @@ def test_check_snapshot_rechecks_a_remembered_route_table_against_new_clusters()
     problems = check_snapshot(without_b)
     assert len(problems) == 1
     assert "route '/b': cluster 'b' is not in CDS" in problems[0]
+
+
+# ---- the xDS core -------------------------------------------------------------------------
+
+
+def test_a_type_version_is_version_of_its_resources_by_key() -> None:
+    snap = IncrementalTranslator().translate(load_config(CONFIG, "test"), _catalog())
+    for t in ADS_ORDER:
+        assert snap.versions[t] == version_of(snap.of_type(t))
+    # Filed under another key than its name (check_snapshot refuses it; versions still agree).
+    odd = Snapshot({CLUSTER: {"alias": snap.of_type(CLUSTER)["a"]}})
+    assert odd.versions[CLUSTER] == version_of(odd.of_type(CLUSTER))
+
+
+def test_view_serves_the_targets_own_mappings_unless_something_is_retained() -> None:
+    snap = IncrementalTranslator().translate(load_config(CONFIG, "test"), _catalog())
+    everything = {t: Holding(acked=dict(snap.of_type(t))) for t in ADS_ORDER}
+    view = compute_view(snap, everything)
+    assert view.of_type(CLUSTER) is snap.of_type(CLUSTER)
+    assert view.of_type(ENDPOINT) is snap.of_type(ENDPOINT)
+    assert view.converged
+
+
+def test_route_readiness_follows_the_targets_clusters_for_the_same_route() -> None:
+    """The route's needs are remembered per (route version, target CDS version): the same
+    route object against another cluster set must be judged afresh."""
+    snap = IncrementalTranslator().translate(load_config(CONFIG, "test"), _catalog())
+    everything = {t: Holding(acked=dict(snap.of_type(t))) for t in ADS_ORDER}
+    assert ROUTE_CONFIG_NAME in compute_view(snap, everything).of_type(ROUTE)
+    # Same route table, but the target lost cluster b: the route must wait (not be sent).
+    without_b = Snapshot(
+        {t: {n: r for n, r in snap.of_type(t).items() if n != "b"} for t in snap.resources}
+    )
+    view = compute_view(without_b, everything)
+    assert ROUTE_CONFIG_NAME in view.waiting_of(ROUTE)
+    # And with b's endpoints not ACKed yet, it waits too.
+    no_b_eds = dict(everything)
+    no_b_eds[ENDPOINT] = Holding(acked={"a": snap.of_type(ENDPOINT)["a"]})
+    assert ROUTE_CONFIG_NAME in compute_view(snap, no_b_eds).waiting_of(ROUTE)
+    assert ROUTE_CONFIG_NAME in compute_view(snap, everything).of_type(ROUTE)
