@@ -40,7 +40,7 @@ from junction.xds.protocol_state import (
     TypeState,
     TypeStatus,
     nonce_prefix,
-    version_of,
+    selection,
 )
 from junction.xds.resources import (
     ADS_ORDER,
@@ -351,7 +351,7 @@ class StreamCore(ABC, Generic[Q, R]):
             # Recomputed per type: a response just built changes what the node may hold.
             view = compute_view(snapshot, node.holdings())
             ts.snapshot_version = snapshot.version
-            ts.target_version = version_of(st.sub.select(snapshot.of_type(t)))
+            ts.target_version = selection(st.sub, snapshot.of_type(t), snapshot.versions[t])[1]
             ts.waiting = frozenset(
                 n for n in view.waiting_of(t) if st.sub.wildcard or n in st.sub.names
             )

@@ -188,7 +188,8 @@ class DeltaStream(
             response = self._restore(ts, st)
             if response is not None:
                 return response
-        wanted = st.sub.select(view.of_type(t))
+        available = view.of_type(t)
+        wanted = available if st.sub.covers(available) else st.sub.select(available)
         kept = view.kept_of(t)
         if t == ENDPOINT:
             for name in ts.rewarm & wanted.keys():

@@ -37,6 +37,7 @@ from junction.xds.protocol_state import (
     Inflight,
     StreamTypeState,
     TypeState,
+    selection,
     version_of,
 )
 from junction.xds.resources import ENDPOINT, Resource, Snapshot
@@ -136,8 +137,11 @@ class SotwStream(StreamCore[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
                     origin = (ts.acked_origin, ts.acked_config_version)
                     inflight = self._record_send(ts, st, version, content, (), origin, restore=True)
                     return _response(t, inflight)
-        wanted = st.sub.select(view.of_type(t))
-        version = version_of(wanted)
+        available = view.of_type(t)
+        # Unchanged by make-before-break, the view's mapping is the snapshot's own, whose
+        # type version is known (no rehash of the whole type per response).
+        known = snapshot.versions[t] if available is snapshot.of_type(t) else ""
+        wanted, version = selection(st.sub, available, known)
         if not ts.acked_known and version == ts.acked_version:
             # The node reported exactly this version: it holds exactly these resources.
             ts.set_acked(wanted, {n: r.version for n, r in wanted.items()})
@@ -152,7 +156,7 @@ class SotwStream(StreamCore[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
             return None
         ts.rewarm -= wanted.keys()
         origin = (snapshot.origin, snapshot.config_version)
-        return _response(t, self._record_send(ts, st, version, wanted, (), origin))
+        return _response(t, self._record_send(ts, st, version, dict(wanted), (), origin))
 
     def _apply_ack(self, ts: TypeState, inflight: Inflight) -> None:
         # SotW: the node now holds exactly what the response carried.

@@ -35,6 +35,7 @@ __all__ = [
     "TypeStatus",
     "digest_versions",
     "nonce_prefix",
+    "selection",
     "version_of",
 ]
 
@@ -185,6 +186,21 @@ def version_of(resources: Mapping[str, Resource]) -> str:
     return digest_versions({n: r.version for n, r in resources.items()})
 
 
+def selection(
+    sub: Subscription, resources: Mapping[str, Resource], version: str = ""
+) -> tuple[Mapping[str, Resource], str]:
+    """What ``sub`` selects of ``resources`` (read-only) and its :func:`version_of`.
+
+    ``version``, when given, must be ``version_of(resources)`` (a snapshot's type version
+    is): if ``sub`` selects everything, both are returned as they are, without copying or
+    rehashing the whole type on every response (1000 clusters: ~0.3 ms per type).
+    """
+    if version and sub.covers(resources):
+        return resources, version
+    chosen = sub.select(resources)
+    return chosen, version_of(chosen)
+
+
 # ---- per-node state ---------------------------------------------------------------------
 
 
@@ -201,6 +217,11 @@ class Subscription:
         if self.wildcard:
             return dict(resources)
         return {n: resources[n] for n in sorted(self.names) if n in resources}
+
+    def covers(self, resources: Mapping[str, Resource]) -> bool:
+        """Does :meth:`select` give all of ``resources``? (Then a snapshot's mapping and its
+        type version can be used as they are: no copy, no rehash of the whole type.)"""
+        return self.wildcard or self.names.issuperset(resources.keys())
 
     @property
     def active(self) -> bool:

@@ -9,7 +9,7 @@ from junction.catalog.model import Catalog, Instance
 from junction.config.load import load_config
 from junction.xds.incremental import IncrementalTranslator
 from junction.xds.names import ROUTE_CONFIG_NAME
-from junction.xds.protocol_state import version_of
+from junction.xds.protocol_state import Subscription, selection, version_of
 from junction.xds.resources import ADS_ORDER, CLUSTER, ENDPOINT, ROUTE, Snapshot
 from junction.xds.validate import check_snapshot
 from junction.xds.view import Holding, compute_view
@@ -83,6 +83,22 @@ def test_a_type_version_is_version_of_its_resources_by_key() -> None:
     # Filed under another key than its name (check_snapshot refuses it; versions still agree).
     odd = Snapshot({CLUSTER: {"alias": snap.of_type(CLUSTER)["a"]}})
     assert odd.versions[CLUSTER] == version_of(odd.of_type(CLUSTER))
+
+
+def test_selection_is_select_and_version_of_whether_or_not_it_covers_everything() -> None:
+    snap = IncrementalTranslator().translate(load_config(CONFIG, "test"), _catalog())
+    resources = snap.of_type(ENDPOINT)
+    for sub in (
+        Subscription(wildcard=True),
+        Subscription(names={"a", "b"}),
+        Subscription(names={"a", "b", "c"}),
+        Subscription(names={"b"}),
+        Subscription(),
+    ):
+        chosen, version = selection(sub, resources, snap.versions[ENDPOINT])
+        assert dict(chosen) == sub.select(resources)
+        assert list(chosen) == list(sub.select(resources))  # same (sorted) order
+        assert version == version_of(sub.select(resources))
 
 
 def test_view_serves_the_targets_own_mappings_unless_something_is_retained() -> None:
