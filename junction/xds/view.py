@@ -241,7 +241,9 @@ def compute_view(target: Snapshot, held: Mapping[str, Holding]) -> View:
     """
     empty = Holding()
     acked = {t: held.get(t, empty).acked for t in ADS_ORDER}
-    has = {t: held.get(t, empty).has() for t in ADS_ORDER}
+    # What the node may have (ACKed, overlaid with pending): the ACKed mapping itself when
+    # nothing is pending, as for most views (no copy of 1000 entries per view).
+    has = {t: _has(held.get(t, empty)) for t in (CLUSTER, ENDPOINT)}
     kept: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
     waiting: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
     retained: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
@@ -270,26 +272,35 @@ def compute_view(target: Snapshot, held: Mapping[str, Holding]) -> View:
         _hold(name, acked[ROUTE], routes, kept[ROUTE])
 
     # Clusters: the target's, plus every cluster a route the node holds (or will) uses.
-    clusters = dict(t_clusters)
     held_routes = held.get(ROUTE, empty).contents() + list(routes.values())
     if any(r is None for r in held_routes):
         # A route of unknown content may use any cluster the node has: keep them all.
-        referenced: set[str] = set(has[CLUSTER])
+        beyond = set(has[CLUSTER]) - t_clusters.keys()
     else:
-        referenced = set().union(*(_route_refs(r) for r in held_routes if r is not None))
-    for name in sorted(referenced - clusters.keys()):
+        beyond = set()
+        for r in filter(None, held_routes):
+            refs = _route_refs(r)
+            if not t_clusters.keys() >= refs:
+                beyond |= refs - t_clusters.keys()
+    clusters: dict[str, Resource] = {}  # filled (a copy of the target's) only if retaining
+    for name in sorted(beyond):
         if name in has[CLUSTER]:
+            if not retained[CLUSTER]:
+                clusters = dict(t_clusters)
             retained[CLUSTER].add(name)
             _hold(name, has[CLUSTER], clusters, kept[CLUSTER])
 
-    # Endpoints follow the clusters in the view and the clusters the node still holds.
-    endpoints = dict(t_endpoints)
-    for name in sorted((clusters.keys() | has[CLUSTER].keys()) - t_clusters.keys()):
-        resource = clusters.get(name) or has[CLUSTER].get(name)
+    # Endpoints follow the clusters in the view and the clusters the node still holds:
+    # those beyond the target's are the node's own (retained ones included).
+    endpoints: dict[str, Resource] = {}  # likewise
+    for name in sorted(_beyond(has[CLUSTER], t_clusters)):
+        resource = has[CLUSTER].get(name)
         cla = _eds_of(resource) if resource is not None else name
         if cla is None:
             continue
         if cla in has[ENDPOINT]:
+            if not retained[ENDPOINT]:
+                endpoints = dict(t_endpoints)
             retained[ENDPOINT].add(cla)
             endpoints.pop(cla, None)
             _hold(cla, has[ENDPOINT], endpoints, kept[ENDPOINT])
@@ -321,6 +332,15 @@ def compute_view(target: Snapshot, held: Mapping[str, Holding]) -> View:
         waiting=_freeze(waiting),
         retained=_freeze(retained),
     )
+
+
+def _has(holding: Holding) -> Mapping[str, Resource | None]:
+    return holding.has() if holding.pending else holding.acked
+
+
+def _beyond(names: Mapping[str, object], target: Mapping[str, Resource]) -> set[str]:
+    """The keys of ``names`` that ``target`` lacks (a C-level subset test first: usually none)."""
+    return set() if target.keys() >= names.keys() else set(names.keys() - target.keys())
 
 
 def _hold(
