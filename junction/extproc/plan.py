@@ -23,6 +23,7 @@ __all__ = [
     "route_plans",
     "service_of_cluster",
     "uses_decisions",
+    "wanted_headers",
 ]
 
 #: Where the decision service puts a freshly issued sticky cookie: dynamic metadata
@@ -74,6 +75,30 @@ def route_plans(config: Config) -> tuple[RoutePlan, ...]:
         for route in vh.routes:
             plans.append(_plan(config, owner, vh.name, route))
     return tuple(plans)
+
+
+def wanted_headers(config: Config) -> frozenset[str]:
+    """The request headers decisions read: Envoy forwards only these (ext_proc
+    ``forward_rules``), and the service looks at nothing else."""
+    wanted = {":authority", ":path", ":method"}
+    cookies = False
+    for sv in config.versions.values():
+        if sv.pin is not None:
+            if sv.pin.header:
+                wanted.add(sv.pin.header)
+            cookies |= sv.pin.cookie is not None
+        if sv.canary is not None:
+            if sv.canary.key.header:
+                wanted.add(sv.canary.key.header)
+            cookies |= sv.canary.key.cookie is not None
+    for exp in config.experiments.values():
+        if exp.key.header:
+            wanted.add(exp.key.header)
+        wanted.update(exp.match.headers)
+        cookies |= exp.key.cookie is not None or exp.sticky_cookie is not None
+    if cookies:
+        wanted.add("cookie")
+    return frozenset(wanted)
 
 
 def _plan(config: Config, owner: dict[str, str], vhost: str, route: PrefixRoute) -> RoutePlan:

@@ -37,7 +37,7 @@ from junction.extproc.counters import Counters
 from junction.extproc.hosts import HostMatcher
 from junction.extproc.keys import Hasher, Headers, KeyReader, Request, valid_sticky
 from junction.extproc.pins import AMBIGUOUS, PinCheck, query_param, verify_pin
-from junction.extproc.plan import route_plans
+from junction.extproc.plan import route_plans, wanted_headers
 
 __all__ = ["MAX_PIN", "NO_DECISION", "Decision", "DecisionTable"]
 
@@ -346,7 +346,7 @@ class DecisionTable:
         #: Whether decisions read the downstream address (some pin trusts by CIDR).
         self.needs_source = any(s.trust == "cidr" for s in self.services.values())
         #: Header names the adapters must hand over (others are never looked at).
-        self.wanted = frozenset(self._wanted(config))
+        self.wanted = wanted_headers(config)
         #: Missing HMAC keys, for the operator (the service logs them once per table).
         self.problems = tuple(
             f"versions.{name}.pin.hmac-key-env: environment variable "
@@ -354,20 +354,6 @@ class DecisionTable:
             for name, s in self.services.items()
             if s.trust == "hmac" and s.hmac_key is None
         )
-
-    @staticmethod
-    def _wanted(config: Config) -> set[str]:
-        wanted = {":authority", ":path", ":method", "cookie"}
-        for sv in config.versions.values():
-            if sv.pin and sv.pin.header:
-                wanted.add(sv.pin.header)
-            if sv.canary and sv.canary.key.header:
-                wanted.add(sv.canary.key.header)
-        for exp in config.experiments.values():
-            if exp.key.header:
-                wanted.add(exp.key.header)
-            wanted.update(exp.match.headers)
-        return wanted
 
     def decide(self, headers: Headers, source: str | None, counters: Counters) -> Decision:
         """The decision for one request. Never raises on any header content."""

@@ -205,7 +205,7 @@ def build_http_connection_manager(
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=_http_filters(extra),
         access_log=list(options.access_log),
-        early_header_mutation_extensions=early_header_mutations() if decides else [],
+        early_header_mutation_extensions=early_header_mutations(config) if decides else [],
     )
     idle = config.listener.timeout.idle
     if idle is not None:

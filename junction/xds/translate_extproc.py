@@ -9,9 +9,9 @@ Pure, like the rest of translation; which routes need a decision comes from
   cluster, routing to it (same host rewrite and timeout). The decision service sets the
   header and asks Envoy to re-pick the route (``clear_route_cache``); the plain weighted
   route stays last, and is what a request gets when the service says nothing or fails open.
-- **The client cannot choose.** ``x-junction-cluster`` is removed from every request by an
-  HCM early header mutation, which runs before route selection (HCM
-  ``early_header_mutation_extensions``), so neither the first route match nor anything
+- **The client cannot choose.** ``x-junction-cluster`` (and the decision header) is removed
+  from every request by an HCM early header mutation, which runs before route selection
+  (HCM ``early_header_mutation_extensions``), so neither the first route match nor anything
   after it sees a client's value.
 - **The ext_proc filter**, just before the router: request headers only, over gRPC (static
   cluster ``junction_extproc``) or Envoy's ``http_service`` (static HTTP/1.1 cluster
@@ -54,7 +54,13 @@ from google.protobuf.message import Message
 
 from junction.config.decisions import CLUSTER_HEADER
 from junction.config.model import Config
-from junction.extproc.plan import METADATA_NAMESPACE, SET_COOKIE_KEY, RoutePlan, route_plans
+from junction.extproc.plan import (
+    METADATA_NAMESPACE,
+    SET_COOKIE_KEY,
+    RoutePlan,
+    route_plans,
+    wanted_headers,
+)
 from junction.xds.names import EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER
 from junction.xds.translate_cluster import duration
 
@@ -109,6 +115,13 @@ def extproc_filter(config: Config) -> hcm_pb2.HttpFilter:
         # tag and the propagated version; Host, :authority, :method, :scheme and
         # x-envoy-* stay off limits.
         stat_prefix="junction",
+        # Only the headers decisions read: less for Envoy to encode and send, less for the
+        # service to parse (matters most on the JSON transport).
+        forward_rules=ext_proc_pb2.HeaderForwardingRules(
+            allowed_headers=string_pb2.ListStringMatcher(
+                patterns=[string_pb2.StringMatcher(exact=h) for h in sorted(wanted_headers(config))]
+            )
+        ),
     )
     if decision.transport == "grpc":
         ext.grpc_service.CopyFrom(
@@ -140,10 +153,16 @@ def extproc_filter(config: Config) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=EXTPROC_FILTER, typed_config=_pack(ext))
 
 
-def early_header_mutations() -> list[extension_pb2.TypedExtensionConfig]:
-    """Remove the routing header from every request before a route is picked."""
+def early_header_mutations(config: Config) -> list[extension_pb2.TypedExtensionConfig]:
+    """Remove the routing header, and the decision header, from every request before a
+    route is picked: only the decision service sets them. (A client's decision tag would
+    otherwise reach upstreams and access logs on routes without a decision, or when the
+    service fails open, and pollute experiment results.)"""
+    names = [CLUSTER_HEADER]
+    if config.decision.header:
+        names.append(config.decision.header)
     strip = header_mutation_pb2.HeaderMutation(
-        mutations=[mutation_rules_pb2.HeaderMutation(remove=CLUSTER_HEADER)]
+        mutations=[mutation_rules_pb2.HeaderMutation(remove=name) for name in names]
     )
     return [extension_pb2.TypedExtensionConfig(name=STRIP_EXTENSION, typed_config=_pack(strip))]
 

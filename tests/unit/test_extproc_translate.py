@@ -125,7 +125,7 @@ def test_the_client_cannot_set_the_routing_header() -> None:
     (ext,) = hcm(snap(BASE + VERSIONS)).early_header_mutation_extensions
     strip = header_mutation_pb2.HeaderMutation()
     ext.typed_config.Unpack(strip)
-    assert [m.remove for m in strip.mutations] == ["x-junction-cluster"]
+    assert [m.remove for m in strip.mutations] == ["x-junction-cluster", "x-junction-decision"]
 
 
 def test_http_transport_defaults() -> None:
