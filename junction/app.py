@@ -1,6 +1,12 @@
 """Wiring: sources -> publisher -> snapshot cache -> xDS server, the status port, and
 (for ``junction up``) a real Envoy bootstrapped to talk to this control plane.
 
+The access-log loop (:mod:`junction.als`, :mod:`junction.canary`) plugs in beside them:
+Envoy's listener gets the gRPC access logger, the receiver and canary controller run in
+this process (``up``: on a free port the bootstrap names; ``--no-als``: elsewhere), and the
+canary states in the store are one more input of the publisher and are served on
+``/canary`` (and in ``/status``).
+
 Everything a control-plane replica holds can be rebuilt from its sources (files or Consul),
 so replicas run side by side with no state of their own that the others need.
 """
@@ -15,8 +21,14 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from junction.als.logger import AccessLogOptions, with_access_log
+from junction.als.service import AlsService, AlsSettings
+from junction.canary.api import CanaryApi
+from junction.canary.source import CanaryBoard, CanaryStateSource
+from junction.canary.store import make_store
 from junction.catalog.file import FileCatalog, FileConfig
 from junction.catalog.source import CatalogSource, ConfigSource
+from junction.config.model import Config
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
@@ -25,6 +37,7 @@ from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
+from junction.xds.translate import DEFAULT_OPTIONS
 
 __all__ = ["ControlPlane", "Settings", "SettingsError", "run_until_signalled"]
 
@@ -58,6 +71,15 @@ class Settings:
     node_id: str = ""
     zone: str = ""
     region: str = ""
+    #: The ALS receiver and canary controller in this process (None: not run here).
+    als: AlsSettings | None = None
+    #: With ``als`` None: the port of an external receiver, for Envoy's bootstrap (``up``).
+    als_port: int | None = None
+    #: Envoy's gRPC access logger on the listener (None: Envoy sends no access logs).
+    access_log: AccessLogOptions | None = None
+    #: Canary states in files here; None: Consul KV with ``consul_addr``, else the default
+    #: directory (:func:`junction.canary.store.default_state_dir`).
+    state_dir: str | None = None
 
     def check(self) -> None:
         if self.consul_key and not self.consul_addr:
@@ -68,6 +90,8 @@ class Settings:
             raise SettingsError(
                 "give --instances FILE or --consul-addr (instances come from the catalog)"
             )
+        if self.run_envoy and self.access_log and self.als is None and not self.als_port:
+            raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
 
     def config_source(self) -> ConfigSource:
         if self.consul_key:
@@ -96,18 +120,48 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.catalog_source = settings.catalog_source()
         self.config_source = settings.config_source()
-        self.publisher = Publisher(self.cache, self.catalog_source)
+        options = (
+            with_access_log(DEFAULT_OPTIONS, settings.access_log) if settings.access_log else None
+        )
+        self.publisher = Publisher(self.cache, self.catalog_source, options=options)
         self.envoy: EnvoyProcess | None = None
+        # Canary states: read by the publisher (route weights) and /canary; written by the
+        # controller (in self.als) and the operator's commands, always through the store.
+        self.canary_store = make_store(
+            consul_addr=settings.consul_addr, state_dir=settings.state_dir
+        )
+        self.canary_board = CanaryBoard(self.publisher)
+        self.canary = CanaryApi(self.canary_store, self.canary_board, self._config)
+        self.als = (
+            AlsService(
+                settings.als,
+                store=self.canary_store,
+                config=self._config,
+                envoy_admin=self._envoy_admin,
+            )
+            if settings.als is not None
+            else None
+        )
+        sections = {"canary": self.canary.status}
+        routes = [self.canary.add_routes]
+        if self.als is not None:
+            sections["als"] = self.als.status
+            routes.append(self.als.add_routes)
         self.status = StatusServer(
             self.publisher,
             self.cache,
             maintenance_file=settings.maintenance_file,
             envoy_admin=self._envoy_admin,
+            sections=sections,
+            routes=routes,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc = None
         self.xds_port: int | None = None
         self.extproc: ExtProcService | None = None
+
+    def _config(self) -> Config | None:
+        return self.publisher.config
 
     def _envoy_admin(self) -> str | None:
         if self.envoy is not None:
@@ -118,10 +172,13 @@ class ControlPlane:
         s = self.settings
         self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
         await self.status.start(s.host, s.http_port)
+        if self.als is not None:
+            await self.als.start()
         for coro in (
             self.publisher.run(),
             self.catalog_source.run(self.publisher),
             self.config_source.run(self.publisher),
+            CanaryStateSource(self.canary_store).run(self.canary_board),
         ):
             self._tasks.append(asyncio.create_task(coro))
         log.info(
@@ -137,6 +194,7 @@ class ControlPlane:
                 xds_port=self.xds_port,
                 admin_port=s.envoy_admin_port,
                 delta=s.delta,
+                als_port=self.als.port if self.als is not None else s.als_port,
             )
             if s.extproc is not None:
                 self.extproc = await self._start_extproc(s.extproc)
@@ -163,6 +221,7 @@ class ControlPlane:
                 stats_port=sidecar.stats_port,
                 workers=sidecar.workers,
                 lazy=True,
+                canary_store=self.canary_store,
             )
         )
         await service.start()
@@ -180,6 +239,9 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.als is not None:
+            await self.als.stop()
+        await self.canary_store.close()
         await self.status.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)

@@ -7,6 +7,9 @@
                 [--envoy-admin-port N] [--maintenance-file PATH] [--delta]
     junction serve -c CONFIG --instances FILE [--envoy-admin HOST:PORT] ...
     junction extproc serve|sign-pin ...   (the decision service: junction.extproc.cli)
+    junction als serve ...                (the access-log receiver alone: junction.als.cli)
+    junction canary status|pause|resume|promote|abort [SERVICE] [--http HOST:PORT]
+    junction report --log PATH [--events PATH] [--png OUT.png]
 
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from junction.als import cli as als_cli
 from junction.catalog.file import load_instances
 from junction.catalog.model import Catalog
 from junction.config.errors import ConfigError, Problem
@@ -103,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--delta", action="store_true", help="Envoy uses delta ADS")
         else:
             s.add_argument("--envoy-admin", help="HOST:PORT of the Envoy's admin API")
+        als_cli.add_run_arguments(s, _port, up=name == "up")
     extproc_cli.add_parser(sub, _port)
+    als_cli.add_parsers(sub, _port)
     return p
 
 
@@ -175,6 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         zone=args.zone,
         region=args.region,
+        **als_cli.run_settings(args, up=up),
     )
     settings.check()
     try:
@@ -192,6 +199,7 @@ _COMMANDS = {
     "up": _run,
     "serve": _run,
     "extproc": extproc_cli.run,
+    **als_cli.COMMANDS,
 }
 
 

@@ -11,14 +11,19 @@
 
 The body of a non-200 answer says why, one reason a line, so an operator reading the load
 balancer's log knows what to fix. ``/status`` is the same facts and more, as JSON.
+
+Features add to both without reshaping this module: ``sections`` (name -> a callable giving
+plain data) become extra keys of ``/status``, and ``routes`` add endpoints to the app (the
+canary's ``/canary``, the access-log receiver's ``/als``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -59,11 +64,15 @@ class StatusServer:
         *,
         maintenance_file: str | None = None,
         envoy_admin: Callable[[], str | None] | None = None,
+        sections: Mapping[str, Callable[[], Any]] | None = None,
+        routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self._publisher = publisher
         self._cache = cache
         self._maintenance_file = maintenance_file
         self._envoy_admin = envoy_admin or (lambda: None)
+        self._sections = dict(sections or {})
+        self._routes = tuple(routes)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -112,6 +121,7 @@ class StatusServer:
             "healthz": {"status": verdict.status, "reasons": list(verdict.reasons)},
             "maintenance_file": self._maintenance_file,
             "envoy_admin": self._envoy_admin(),
+            **{name: section() for name, section in self._sections.items()},
         }
         return web.Response(
             body=orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
@@ -123,6 +133,8 @@ class StatusServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
+        for add_routes in self._routes:
+            add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction, port: Callable[[str], int]) -> N
     s.add_argument("--max-body", type=_count, default=1 << 20, help="largest HTTP body (413)")
     s.add_argument("--idle-timeout", type=float, default=60.0, help="seconds")
     s.add_argument("--request-timeout", type=float, default=10.0, help="seconds")
+    s.add_argument("--state-dir", help="canary states as files in DIR (default: Consul KV "
+                   "with --consul-addr, else ~/.local/state/junction/canary)")  # fmt: skip
 
     p = esub.add_parser("sign-pin", help="print a signed pin (for trust: hmac)")
     p.add_argument("--key-env", required=True, help="environment variable holding the key")
@@ -130,6 +132,7 @@ def _sign_pin(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from junction.app import Settings
+    from junction.canary.store import make_store
     from junction.extproc.http_adapter import HttpLimits
     from junction.extproc.service import ServiceSettings, run_until_signalled
 
@@ -156,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
             request_timeout=args.request_timeout,
         ),
         log_level=args.log_level,
+        canary_store=make_store(consul_addr=args.consul_addr, state_dir=args.state_dir),
     )
     import uvloop
 

@@ -10,6 +10,11 @@ compile and swap their tables. It restarts a worker that dies, and serves
 ``GET /stats`` (counters summed over workers, and each worker's table version) and
 ``GET /healthz`` (200 once every worker runs the latest table) on its stats port.
 
+Canary weights: with a ``canary_store`` the supervisor also watches the canary states the
+ALS controller writes (:class:`junction.canary.source.CanaryStateSource`) and sends the
+workers ``apply_canary(config, states)``, so the sticky canary buckets follow the ramp
+exactly as Envoy's route weights do.
+
 Ports: the supervisor reserves the HTTP and gRPC ports itself (a bound, never-listening
 SO_REUSEPORT socket), so port 0 can pick one free port that every worker then shares.
 """
@@ -23,7 +28,7 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -32,6 +37,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from junction.canary.apply import apply_canary, canary_weights
+from junction.canary.source import CanaryStateSource
+from junction.canary.state import CanaryState
+from junction.canary.store import StateStore
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.errors import ConfigError
@@ -77,6 +86,8 @@ class ServiceSettings:
     #: Start the workers only once a config needs decisions (``junction up`` runs the
     #: service beside every control plane; most configs in tests never use it).
     lazy: bool = False
+    #: Where the ALS controller keeps canary states (None: the config's weights only).
+    canary_store: StateStore | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class _Inputs:
         self.usable: dict[str, bool] = {}
         self.error: str | None = None
         self._failing: set[str] = set()
+        self.canary: dict[str, CanaryState] = {}
 
     def config_text(self, origin: str, text: str) -> None:
         try:
@@ -124,6 +136,10 @@ class _Inputs:
             self.usable[service] = usable
             self._changed()
 
+    def canary_states(self, origin: str, states: Mapping[str, CanaryState]) -> None:
+        self.canary = dict(states)
+        self._changed()
+
     def source_error(self, origin: str, message: str) -> None:
         self._failing.add(origin)
         log.warning("%s: %s", origin, message)
@@ -138,7 +154,11 @@ class _Inputs:
             return None
         unavailable = frozenset(c for c, ok in self.usable.items() if not ok)
         health = ",".join(sorted(unavailable))
-        return TableInputs(self.config, f"{self.version}/{health}", unavailable)
+        weights = canary_weights(self.config, self.canary)
+        canary = ",".join(f"{k}={v}" for k, v in sorted(weights.items()))
+        return TableInputs(
+            apply_canary(self.config, self.canary), f"{self.version}/{health}/{canary}", unavailable
+        )
 
 
 @dataclass
@@ -187,6 +207,9 @@ class ExtProcService:
             self._watch_workers(),
         ):
             self._tasks.append(loop.create_task(coro))
+        if s.canary_store is not None:
+            source = CanaryStateSource(s.canary_store)
+            self._tasks.append(loop.create_task(source.run(self._inputs)))
         await self._serve_stats()
         log.info(
             "decision service up: %d workers%s, http port %s, grpc port %s, "

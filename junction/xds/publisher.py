@@ -11,7 +11,11 @@ rebuilds the snapshot when either changes, then hands it to the snapshot cache:
   pushes a second, not one per flap;
 - a cluster the config adds is published only once the catalog has reported its instances
   (or ``catalog_grace`` passed), so a new route does not send its share to an empty cluster;
-- a snapshot that fails :func:`check_snapshot` is not published (same as a bad document).
+- a snapshot that fails :func:`check_snapshot` is not published (same as a bad document);
+- canary states (:mod:`junction.canary`, reported by a ``CanaryStateSource``) are one more
+  input: :func:`~junction.canary.apply.apply_canary` sets the route weights of each ramped
+  service's (baseline, candidate) pair before translation, so a new state reaches Envoy
+  with the next publish (within ``settle`` + ``min_interval``).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from junction.canary.apply import apply_canary, canary_weights
+from junction.canary.state import CanaryState
 from junction.catalog.model import Catalog, Instance
 from junction.catalog.source import CatalogSource
 from junction.config.errors import ConfigError
@@ -91,6 +97,10 @@ class Publisher:
         self._published: Snapshot | None = None
         self._published_at = 0.0
         self.publishes = 0  # for tests and /status: how many snapshots were handed on
+        self._canary: dict[str, CanaryState] = {}
+        # (config, the canary weights applied, the resulting config): the same weights give
+        # the same Config object, so the incremental translator keeps its cache.
+        self._applied: tuple[Config, dict[str, int], Config] | None = None
 
     # ---- SourceSink -----------------------------------------------------------------
 
@@ -128,6 +138,21 @@ class Publisher:
                 log.info("source %s: recovered", origin)
             self._sources[origin] = _SourceState(ok=True)
 
+    # ---- CanaryStateSink --------------------------------------------------------------
+
+    def canary_states(self, origin: str, states: Mapping[str, CanaryState]) -> None:
+        """The stored canary states (complete); route weights follow them."""
+        self._canary = dict(states)
+        self._dirty.set()
+
+    def _with_canary(self, config: Config) -> Config:
+        weights = canary_weights(config, self._canary)
+        applied = self._applied
+        if applied is None or applied[0] is not config or applied[1] != weights:
+            applied = (config, weights, apply_canary(config, self._canary))
+            self._applied = applied
+        return applied[2]
+
     # ---- config ---------------------------------------------------------------------
 
     def _reject(self, origin: str, version: str, message: str) -> None:
@@ -158,7 +183,10 @@ class Publisher:
         if good is None:
             return None
         snapshot = self._translator.translate(
-            good.config, self._catalog, origin=good.origin, config_version=good.version
+            self._with_canary(good.config),
+            self._catalog,
+            origin=good.origin,
+            config_version=good.version,
         )
         problems = check_snapshot(snapshot)
         if problems:

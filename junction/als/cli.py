@@ -1,0 +1,214 @@
+"""Command-line surface of the access-log feedback loop, plugged into ``junction``.
+
+Flags of ``junction up`` and ``junction serve`` (:func:`add_run_arguments`)::
+
+    --als-port N             the in-process ALS receiver's port (up: default 0, a free port,
+                             told to Envoy through its bootstrap; serve: none unless given)
+    --no-als                 run no receiver here; with --als-port, Envoy logs to that port
+                             (an external `junction als serve`)
+    --als-flush-interval S   Envoy's buffer_flush_interval (default 1 s)
+    --als-buffer-bytes N     Envoy's buffer_size_bytes (default 16384)
+    --als-log PATH|-         JSON-lines access log (rotated at --als-log-max-bytes,
+                             --als-log-backups kept); "-" is stdout. Default: none
+    --canary-events PATH     the canary's decisions as JSON lines (for `junction report`)
+    --state-dir DIR          canary states as files (default: Consul KV with --consul-addr,
+                             else ~/.local/state/junction/canary)
+    --no-canary              receive and keep windows, but run no canary controller
+
+Commands (:func:`add_parsers`)::
+
+    junction als serve ...                       the receiver + controller alone
+    junction canary status|pause|resume|promote|abort SERVICE [--http HOST:PORT]
+    junction report --log PATH [--events PATH] [--png OUT.png] [--control ARM]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from junction.errors import JunctionError
+
+__all__ = ["COMMANDS", "add_parsers", "add_run_arguments", "run_settings"]
+
+Port = Callable[[str], int]
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{value} must be above 0")
+        return value
+
+    return parse
+
+
+def _add_log_arguments(s: argparse.ArgumentParser, prefix: str) -> None:
+    s.add_argument(f"--{prefix}log", metavar="PATH|-", help="JSON-lines access log ('-': stdout)")
+    s.add_argument(f"--{prefix}log-max-bytes", type=_positive(int), default=100 << 20)
+    s.add_argument(f"--{prefix}log-backups", type=int, default=5)
+
+
+def add_run_arguments(s: argparse.ArgumentParser, port: Port, *, up: bool) -> None:
+    """The ALS and canary flags of ``junction up`` / ``junction serve``."""
+    g = s.add_argument_group("access logs and canary (junction.als, junction.canary)")
+    g.add_argument(
+        "--als-port",
+        type=port,
+        default=0 if up else None,
+        help="ALS receiver port (0: a free one)" + (" [default 0]" if up else ""),
+    )
+    g.add_argument("--no-als", action="store_true", help="run no ALS receiver in this process")
+    g.add_argument("--als-flush-interval", type=_positive(float), default=1.0, metavar="SECONDS")
+    g.add_argument("--als-buffer-bytes", type=int, default=16384, metavar="BYTES")
+    _add_log_arguments(g, "als-")  # type: ignore[arg-type]
+    g.add_argument("--canary-events", metavar="PATH", help="canary decisions as JSON lines")
+    g.add_argument("--state-dir", help="canary states as files in DIR (not Consul KV)")
+    g.add_argument("--no-canary", action="store_true", help="run no canary controller here")
+
+
+def run_settings(args: argparse.Namespace, *, up: bool) -> dict[str, Any]:
+    """``junction.app.Settings`` fields from the flags of :func:`add_run_arguments`."""
+    from junction.als.logger import AccessLogOptions
+    from junction.als.service import AlsSettings
+
+    in_process = not args.no_als and args.als_port is not None
+    als = None
+    if in_process:
+        als = AlsSettings(
+            host=args.host,
+            port=args.als_port,
+            log_path=args.als_log,
+            log_max_bytes=args.als_log_max_bytes,
+            log_backups=args.als_log_backups,
+            events_path=args.canary_events,
+            controller=not args.no_canary,
+        )
+    external = args.als_port if args.no_als else None
+    # serve: the Envoy's bootstrap comes from `junction bootstrap`, which always has the
+    # junction_als cluster; up: only when a receiver (here or external) has a port.
+    logs = in_process or bool(external) or not up
+    return {
+        "als": als,
+        "als_port": external,
+        "access_log": AccessLogOptions(
+            flush_interval=args.als_flush_interval, buffer_size_bytes=args.als_buffer_bytes
+        )
+        if logs
+        else None,
+        "state_dir": args.state_dir,
+    }
+
+
+def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: ignore[type-arg]
+    """``als``, ``canary`` and ``report``."""
+    a = sub.add_parser("als", help="the access-log receiver and canary controller, alone")
+    asub = a.add_subparsers(dest="als_command", required=True, metavar="SUBCOMMAND")
+    s = asub.add_parser("serve", help="run until SIGINT/SIGTERM")
+    s.add_argument("-c", "--config", help="config file (for the canary policies)")
+    s.add_argument("--consul-addr", help="Consul HTTP address (config and canary states)")
+    s.add_argument("--consul-key", help="KV key holding the config YAML")
+    s.add_argument("--host", default="127.0.0.1", help="address of both ports")
+    s.add_argument("--port", type=port, default=9001, help="the gRPC ALS port (0: free)")
+    s.add_argument("--http-port", type=port, default=9011, help="/als, /canary, /healthz")
+    s.add_argument("--envoy-admin", help="HOST:PORT of an Envoy's admin (its ALS drops)")
+    _add_log_arguments(s, "")
+    s.add_argument("--canary-events", metavar="PATH", help="canary decisions as JSON lines")
+    s.add_argument("--state-dir", help="canary states as files in DIR (not Consul KV)")
+    s.add_argument("--no-canary", action="store_true", help="run no canary controller")
+    s.add_argument("--max-message-bytes", type=_positive(int), default=4 << 20)
+    s.add_argument("--max-queue-bytes", type=_positive(int), default=64 << 20)
+    s.add_argument("--slot-seconds", type=_positive(float), default=1.0)
+    s.add_argument("--tick", type=_positive(float), default=0.5, help="controller period (s)")
+
+    c = sub.add_parser("canary", help="show or steer a canary ramp (over HTTP)")
+    c.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
+    c.add_argument("service", nargs="?", help="the service (status: all when omitted)")
+    c.add_argument(
+        "--http",
+        default="127.0.0.1:8081",
+        metavar="HOST:PORT",
+        help="the control plane's (or `junction als serve`'s) HTTP port",
+    )
+    c.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    r = sub.add_parser("report", help="experiment results and canary charts from access logs")
+    r.add_argument("--log", required=True, action="append", help="JSON-lines access log(s)")
+    r.add_argument("--events", action="append", default=[], help="canary events JSON lines")
+    r.add_argument("--png", help="write the canary chart (weights and error rates) here")
+    r.add_argument("--control", default="control", help="the control arm's name")
+    r.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    r.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _als(args: argparse.Namespace) -> int:
+    from junction.als.service import AlsSettings
+    from junction.als.standalone import run_als
+    from junction.canary.store import make_store
+    from junction.catalog.consul import ConsulConfig
+    from junction.catalog.file import FileConfig
+    from junction.catalog.source import ConfigSource
+
+    if bool(args.consul_key) == bool(args.config):
+        raise JunctionError("give -c CONFIG or --consul-addr with --consul-key (not both)")
+    if args.consul_key and not args.consul_addr:
+        raise JunctionError("--consul-key needs --consul-addr")
+    source: ConfigSource = (
+        ConsulConfig(args.consul_addr, args.consul_key)
+        if args.consul_key
+        else FileConfig(args.config)
+    )
+    settings = AlsSettings(
+        host=args.host,
+        port=args.port,
+        log_path=args.log,
+        log_max_bytes=args.log_max_bytes,
+        log_backups=args.log_backups,
+        events_path=args.canary_events,
+        controller=not args.no_canary,
+        max_message_bytes=args.max_message_bytes,
+        max_queue_bytes=args.max_queue_bytes,
+        slot_seconds=args.slot_seconds,
+        tick=args.tick,
+    )
+    store = make_store(consul_addr=args.consul_addr, state_dir=args.state_dir)
+    coro = run_als(
+        settings,
+        source,
+        store,
+        http_host=args.host,
+        http_port=args.http_port,
+        envoy_admin=args.envoy_admin,
+    )
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from junction.canary.cli import run
+
+    return run(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from junction.als.report import run
+
+    return run(args, sys.stdout)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "als": _als,
+    "canary": _canary,
+    "report": _report,
+}
