@@ -33,6 +33,7 @@ class IncrementalTranslator:
         self._config: Config | None = None
         self._static: dict[str, dict[str, Resource]] = {}
         self._endpoints: dict[str, tuple[tuple[Instance, ...], Resource]] = {}
+        self._snapshot: Snapshot | None = None  # the last one, for the current config
 
     def translate(
         self, config: Config, catalog: Catalog, *, origin: str = "", config_version: str = ""
@@ -53,18 +54,31 @@ class IncrementalTranslator:
                 },
             }
             self._endpoints = {}
+            self._snapshot = None
             self._config = config
         endpoints: dict[str, Resource] = {}
+        changed = self._snapshot is None
         for name in self._static[CLUSTER]:
             instances = catalog.instances(name)
             cached = self._endpoints.get(name)
-            if cached is None or cached[0] != instances:
+            if cached is None or (cached[0] is not instances and cached[0] != instances):
                 cached = (
                     instances,
                     Resource.of(name, build_load_assignment(config, name, instances)),
                 )
                 self._endpoints[name] = cached
+                changed = True
             endpoints[name] = cached[1]
-        return Snapshot(
-            {**self._static, ENDPOINT: endpoints}, origin=origin, config_version=config_version
-        )
+        if self._snapshot is None:
+            snapshot = Snapshot(
+                {**self._static, ENDPOINT: endpoints}, origin=origin, config_version=config_version
+            )
+        else:
+            # Same config: clusters, listener and routes are the previous snapshot's own.
+            snapshot = self._snapshot.replace(
+                {ENDPOINT: endpoints} if changed else {},
+                origin=origin,
+                config_version=config_version,
+            )
+        self._snapshot = snapshot
+        return snapshot

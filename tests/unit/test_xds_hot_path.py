@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from junction.catalog.model import Catalog, Instance
 from junction.config.load import load_config
 from junction.xds.incremental import IncrementalTranslator
 from junction.xds.names import ROUTE_CONFIG_NAME
 from junction.xds.protocol_state import Subscription, selection, version_of
 from junction.xds.resources import ADS_ORDER, CLUSTER, ENDPOINT, ROUTE, Snapshot
+from junction.xds.translate import translate
 from junction.xds.validate import check_snapshot
 from junction.xds.view import Holding, compute_view
 
@@ -127,3 +130,44 @@ def test_route_readiness_follows_the_targets_clusters_for_the_same_route() -> No
     no_b_eds[ENDPOINT] = Holding(acked={"a": snap.of_type(ENDPOINT)["a"]})
     assert ROUTE_CONFIG_NAME in compute_view(snap, no_b_eds).waiting_of(ROUTE)
     assert ROUTE_CONFIG_NAME in compute_view(snap, everything).of_type(ROUTE)
+
+
+# ---- sharing unchanged types between snapshots ---------------------------------------------
+
+
+def test_snapshot_replace_is_the_whole_build_sharing_the_unchanged_types() -> None:
+    config = load_config(CONFIG, "test")
+    first = IncrementalTranslator().translate(config, _catalog())
+    whole = IncrementalTranslator().translate(config, _catalog("10.0.0.9"))
+    replaced = first.replace(
+        {ENDPOINT: dict(whole.of_type(ENDPOINT))}, origin="o", config_version="v"
+    )
+    assert replaced.version == whole.version and replaced.versions == whole.versions
+    assert {t: dict(replaced.of_type(t)) for t in ADS_ORDER} == {
+        t: dict(whole.of_type(t)) for t in ADS_ORDER
+    }
+    assert (replaced.origin, replaced.config_version) == ("o", "v")
+    assert replaced.of_type(CLUSTER) is first.of_type(CLUSTER)
+    assert first.replace({}).version == first.version
+    with pytest.raises(ValueError, match="not a served type URL"):
+        first.replace({"type.googleapis.com/nope": {}})
+
+
+def test_incremental_translation_equals_translate_change_after_change() -> None:
+    config = load_config(CONFIG, "test")
+    translator = IncrementalTranslator()
+    for address in ("10.0.0.2", "10.0.0.3", "10.0.0.3", "10.0.0.2"):
+        got = translator.translate(config, _catalog(address))
+        want = translate(config, _catalog(address))
+        assert got.version == want.version
+        assert {t: dict(got.of_type(t)) for t in ADS_ORDER} == {
+            t: dict(want.of_type(t)) for t in ADS_ORDER
+        }
+
+
+def test_check_snapshot_sees_an_assignment_gone_beside_remembered_clusters() -> None:
+    good = IncrementalTranslator().translate(load_config(CONFIG, "test"), _catalog())
+    assert check_snapshot(good) == []
+    only_b = good.replace({ENDPOINT: {"b": good.of_type(ENDPOINT)["b"]}})
+    assert only_b.of_type(CLUSTER) is good.of_type(CLUSTER)  # the clusters' facts are reused
+    assert check_snapshot(only_b) == ["Cluster 'a': no ClusterLoadAssignment named 'a' for its EDS"]
