@@ -196,6 +196,17 @@ class DeltaStream(
                 if name in st.client:
                     st.client[name] = ""
             ts.rewarm -= wanted.keys()
+        # The target's own (immutable) mapping, unchanged by make-before-break: compare it
+        # with what the node has in C (dict equality, subset test) before any per-resource
+        # work; for all but the changed type that is the whole answer.
+        own = wanted is snapshot.of_type(t)
+        if (
+            own
+            and st.sent_any
+            and st.sub.names <= wanted.keys()
+            and st.client == st.versions_of(wanted)
+        ):
+            return None  # the node has, or is being sent, exactly the target
         updated = {
             n: r
             for n, r in wanted.items()
@@ -230,9 +241,12 @@ class DeltaStream(
         for name in removed:
             del st.client[name]
         origin = (snapshot.origin, snapshot.config_version)
-        inflight = self._record_send(
-            ts, st, digest_versions(st.client), updated, tuple(sorted(removed | missing)), origin
-        )
+        if own and st.client == st.versions_of(wanted):
+            version = snapshot.versions[t]  # the same digest, already computed
+        else:
+            version = digest_versions(st.client)
+        removals = tuple(sorted(removed | missing))
+        inflight = self._record_send(ts, st, version, updated, removals, origin)
         return _response(t, inflight)
 
     def _restore(

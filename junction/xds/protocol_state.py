@@ -179,7 +179,9 @@ def digest_versions(versions: Mapping[str, str]) -> str:
     The same value as :func:`junction.xds.resources.type_version` over those resources
     (a test pins this), so SotW ``version_info`` and delta ``system_version_info`` agree.
     """
-    text = "\n".join(f"{n}={v}" for n, v in sorted(versions.items()))
+    # "name=version" lines, joined in C (map/str.join): ~2x faster than an f-string per
+    # line, and this runs on every delta response and ACK (1000 names at 1000 clusters).
+    text = "\n".join(map("=".join, sorted(versions.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -258,6 +260,16 @@ class StreamTypeState:
     client: dict[str, str] = field(default_factory=dict)
     #: Delta: subscribed names already reported as non-existent (removed_resources).
     reported_missing: set[str] = field(default_factory=set)
+    #: Delta: ``name -> version`` of the last target mapping compared with ``client``,
+    #: with that (immutable) mapping: computed once per snapshot, not once per response.
+    target_versions: tuple[Mapping[str, Resource], dict[str, str]] | None = None
+
+    def versions_of(self, resources: Mapping[str, Resource]) -> dict[str, str]:
+        """``name -> version`` of ``resources``, an immutable mapping (a snapshot's own)."""
+        memo = self.target_versions
+        if memo is None or memo[0] is not resources:
+            memo = self.target_versions = (resources, {n: r.version for n, r in resources.items()})
+        return memo[1]
 
 
 @dataclass
