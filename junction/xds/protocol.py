@@ -343,13 +343,14 @@ class StreamCore(ABC, Generic[Q, R]):
         if snapshot is None or node is None or self._closed:
             return []
         out: list[R] = []
+        view: View | None = None
         for t in self._types():
             st = self._owned(t)
             if st is None:
                 continue
             ts = node.types[t]
-            # Recomputed per type: a response just built changes what the node may hold.
-            view = compute_view(snapshot, node.holdings())
+            if view is None:
+                view = compute_view(snapshot, node.holdings())
             ts.snapshot_version = snapshot.version
             ts.target_version = selection(st.sub, snapshot.of_type(t), snapshot.versions[t])[1]
             ts.waiting = frozenset(
@@ -357,7 +358,12 @@ class StreamCore(ABC, Generic[Q, R]):
             )
             if st.awaiting:
                 continue  # one response in flight per type; the ACK brings the next one
+            held = ts.held_token()
             response = self._respond(ts, st, view, snapshot)
+            if response is not None or ts.held_token() != held:
+                # What the node may hold changed (a response just built, or an adopted
+                # version): the next type needs a fresh view. Otherwise the view stands.
+                view = None
             if response is not None:
                 out.append(response)
                 inflight = st.inflight

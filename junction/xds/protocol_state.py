@@ -312,6 +312,18 @@ class TypeState:
             acked = {n: self.acked.get(n) for n in self.acked_versions}
         return Holding(acked=acked, pending=MappingProxyType(self.pending))
 
+    def held_token(self) -> tuple[object, ...]:
+        """Differs after anything a response can do to :meth:`holding`: replace the ACKed
+        dicts (set_acked), record a send (a new ``last_sent``, more pending), or learn the
+        ACKed content. For reusing a view within one pump while nothing changed."""
+        return (
+            id(self.acked),
+            id(self.acked_versions),
+            self.acked_known,
+            id(self.last_sent),
+            len(self.pending),
+        )
+
     def set_acked(
         self, resources: Mapping[str, Resource | None], versions: Mapping[str, str]
     ) -> None:
