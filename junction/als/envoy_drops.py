@@ -1,11 +1,15 @@
 """Envoy's own count of access-log entries it could not send, as missing data.
 
-Envoy's gRPC access logger drops entries when its stream to the receiver is down or backed
-up, and counts them in ``access_logs.grpc_access_log.logs_dropped`` (with
-``logs_written`` for those sent; Envoy docs, "gRPC access log statistics"). The receiver
-cannot see those entries, so :class:`EnvoyDrops` polls the counter through Envoy's admin
-API (``/stats?format=json&filter=...``) and records every increase in the windows as
-missing entries; the canary controller then will not promote on that window.
+Envoy's gRPC access logger counts, under ``access_logs.grpc_access_log.`` (Envoy docs,
+"Access logging > Statistics"): ``logs_written`` (entries taken), ``logs_dropped``
+(entries dropped because the stream or the buffer was backed up), and since 1.39
+``grpc_entries_flushed`` and ``grpc_entries_flush_failed`` (a batch that could not be sent,
+e.g. the receiver is down; it may be sent on a later flush, so it is not a loss by itself).
+The receiver cannot see dropped entries, so :class:`EnvoyDrops` polls the counters
+through Envoy's admin API (``/stats?format=json&filter=...``) and records every increase
+of ``logs_dropped`` in the windows as missing entries; the canary controller then will not
+promote on that window. Entries Envoy wrote to a stream whose receiver died before reading
+them count as flushed and are lost silently; the API is lossy by design (als.proto).
 
 A counter that goes down (Envoy restarted) is taken as a new baseline, not as drops.
 """
@@ -26,6 +30,7 @@ log = logging.getLogger("junction.als")
 
 DROPPED_STAT = "access_logs.grpc_access_log.logs_dropped"
 WRITTEN_STAT = "access_logs.grpc_access_log.logs_written"
+FLUSH_FAILED_STAT = "access_logs.grpc_access_log.grpc_entries_flush_failed"
 
 
 async def fetch_counters(admin: str, timeout: float = 1.0) -> dict[str, int]:
@@ -52,6 +57,7 @@ class EnvoyDrops:
         self._last: int | None = None
         self.dropped = 0
         self.written = 0
+        self.flush_failed = 0
         self.error: str | None = None
 
     async def poll(self) -> None:
@@ -67,6 +73,7 @@ class EnvoyDrops:
             self.error = message
             return
         self.error = None
+        self.flush_failed = counters.get(FLUSH_FAILED_STAT, 0)
         self.update(counters.get(DROPPED_STAT, 0), counters.get(WRITTEN_STAT, 0))
 
     def update(self, dropped: int, written: int) -> int:
@@ -85,5 +92,6 @@ class EnvoyDrops:
         return {
             "logs_dropped_seen": self.dropped,
             "logs_written": self.written,
+            "grpc_entries_flush_failed": self.flush_failed,
             "error": self.error,
         }
