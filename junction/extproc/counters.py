@@ -51,9 +51,6 @@ class Counters:
     grpc_streams: int = 0
     internal_error: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTER_NAMES}
-
 
 #: Every counter, in a fixed order (the layout of a shared-memory row).
 COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))

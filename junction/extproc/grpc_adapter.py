@@ -27,12 +27,11 @@ from junction.extproc.plan import METADATA_NAMESPACE, SET_COOKIE_KEY
 from junction.extproc.processor import Processor
 from junction.extproc.table import Decision
 
-__all__ = ["METHOD", "GrpcProcessor", "encode_proto", "serve_grpc"]
+__all__ = ["GrpcProcessor", "encode_proto", "serve_grpc"]
 
 log = logging.getLogger("junction.extproc")
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-METHOD = f"/{SERVICE}/Process"
 _ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 _SOURCE_ATTRIBUTE = "source.address"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD

@@ -86,7 +86,6 @@ class _Service:
         self.clusters = {v.encode(): c for v, c in sv.clusters.items()}
         self.default = sv.default
         self._decisions: dict[tuple[str, str | None], Decision] = {}
-        self.route = self.decision("route", None)
         # -- pins
         pin = sv.pin
         self.pin_header = pin.header if pin else None

@@ -23,7 +23,9 @@ answering from ``direct_response`` (its CPU is not counted). Before measuring, e
 is checked to route a pinned request to the pinned version (a silently failing-open
 decision service would otherwise look fast).
 
-Each row: ``wrk -t1 -c32 -d<duration>s --latency`` for the peak (requests/s, p50, p99),
+Each row: ``wrk -t1 -c32 -d<duration>s --latency`` for the peak (requests/s, p50, p99; the
+median of ``--repeat`` runs, rows interleaved round by round so that other load on the
+machine spreads over every row),
 CPU per request of the decision server (all its processes) and of the Envoy under test
 (``/proc/<pid>/stat`` utime+stime over the run, divided by the requests), then a paced
 run at half of that row's peak (``paced.lua``: wrk's per-connection ``delay()``) for the
@@ -33,7 +35,7 @@ at the same rate.
 Needs: wrk (``apt-get install -y wrk``) and the bench extra (``pip install -e
 '.[bench]'``: envoy-data-plane, betterproto2, grpclib for the peer).
 
-    .venv/bin/python loadtest/extproc/bench.py --duration 5 --workers 1 --canary \\
+    .venv/bin/python loadtest/extproc/bench.py --duration 5 --repeat 3 --workers 1 --canary \\
         --out docs/benchmarks.md
 
 writes its section of ``docs/benchmarks.md`` (between ``<!-- extproc-bench:start -->`` and
@@ -385,9 +387,12 @@ def decision_server(
             proc.stop()
 
 
-def measure(
+@contextlib.contextmanager
+def running(
     row: Row, args: argparse.Namespace, work: Path, ports: dict[str, int]
-) -> tuple[Result, Result]:
+) -> Iterator[tuple[int, Process | None, Process, dict[str, str]]]:
+    """Envoy (and the row's decision server) up, checked to decide for real; yields the
+    listener port, the server, Envoy and the headers wrk sends."""
     listener, grpc_port, http_port = free_port(), free_port(), free_port()
     document = CONFIG.format(listener=listener)
     if row.transport is not None:
@@ -412,17 +417,33 @@ def measure(
             answer = fetch(listener, {"Host": "example.com", "x-junction-version": "go"})
             if row.transport is not None and answer != "go\n":
                 raise RuntimeError(f"{row.name}: a pinned request reached {answer!r}")
-            script = HERE / "canary.lua" if row.canary else None
-            wrk(listener, 1, args.connections, headers, script)  # warm-up
-            before = (cpu_seconds(server.pids) if server else 0.0, cpu_seconds(envoy.pids))
-            peak = wrk(listener, args.duration, args.connections, headers, script)
-            after = (cpu_seconds(server.pids) if server else 0.0, cpu_seconds(envoy.pids))
-            peak.server_cpu = (after[0] - before[0]) / peak.requests
-            peak.envoy_cpu = (after[1] - before[1]) / peak.requests
-            half = paced(listener, peak.rps / 2, args.duration, headers, row.canary)
+            wrk(listener, 1, args.connections, headers, _script(row))  # warm-up
+            yield listener, server, envoy, headers
         finally:
             envoy.stop()
-    return peak, half
+
+
+def _script(row: Row) -> Path | None:
+    return HERE / "canary.lua" if row.canary else None
+
+
+def peak_run(row: Row, args: argparse.Namespace, work: Path, ports: dict[str, int]) -> Result:
+    """Unpaced wrk: requests/s, latency, and CPU per request of the server and Envoy."""
+    with running(row, args, work, ports) as (listener, server, envoy, headers):
+        before = (cpu_seconds(server.pids) if server else 0.0, cpu_seconds(envoy.pids))
+        peak = wrk(listener, args.duration, args.connections, headers, _script(row))
+        after = (cpu_seconds(server.pids) if server else 0.0, cpu_seconds(envoy.pids))
+    peak.server_cpu = (after[0] - before[0]) / peak.requests
+    peak.envoy_cpu = (after[1] - before[1]) / peak.requests
+    return peak
+
+
+def half_run(
+    row: Row, args: argparse.Namespace, work: Path, ports: dict[str, int], rate: float
+) -> Result:
+    """wrk paced at ``rate`` requests/s."""
+    with running(row, args, work, ports) as (listener, _, _, headers):
+        return paced(listener, rate, args.duration, headers, row.canary)
 
 
 def paced(port: int, rate: float, duration: float, headers: dict[str, str], canary: bool) -> Result:
@@ -448,7 +469,8 @@ def render(
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"Envoy `--concurrency 1`, decision service {args.workers} worker(s), "
         f"wrk `-t1 -c{args.connections} -d{args.duration}s`; each row its own Envoy and "
-        "server, the same upstream (a second Envoy, `direct_response`). Peak: unpaced wrk. "
+        "server, the same upstream (a second Envoy, `direct_response`). Peak: unpaced wrk, the "
+        f"median of {args.repeat} runs per row, rows interleaved round by round. "
         "CPU per request: utime+stime from `/proc/<pid>/stat` over the peak run, divided by "
         "its requests (server: every process of it). Added p99: the row's p99 minus plain "
         "routes' p99, both paced at half of the row's peak.",
@@ -479,14 +501,13 @@ def render(
     if grpc_:
         lines.append(f"- gRPC / Lua throughput: {grpc_.rps / lua.rps:.2f} (goal ≥ 0.25)")
         if floor:
-            lines.append(
-                f"- gRPC server CPU vs the grpc.aio floor: {grpc_.server_cpu / floor.server_cpu:.2f}x "
-                "(goal ≤ 1.2x)"
-            )
+            ratio = grpc_.server_cpu / floor.server_cpu
+            lines.append(f"- gRPC server CPU vs the grpc.aio floor: {ratio:.2f}x (goal ≤ 1.2x)")
     if peer and (http or grpc_):
         best = max(r.rps for r in (http, grpc_) if r)
         lines.append(
-            f"- best Junction transport / betterproto2 peer throughput: {best / peer.rps:.1f}x (goal ≥ 5x)"
+            f"- best Junction transport / betterproto2 peer throughput: {best / peer.rps:.1f}x "
+            "(goal ≥ 5x)"
         )
     lines += ["", "Reproduce (wrk from `apt-get install -y wrk`, peer from the `bench` extra):", "",
               "```sh", command, "```", "<!-- extproc-bench:end -->"]  # fmt: skip
@@ -509,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="decision service workers")
     parser.add_argument("--canary", action="store_true", help="also the canary-bucket rows")
+    parser.add_argument("--repeat", type=int, default=3, help="peak runs per row (median kept)")
     parser.add_argument("--only", nargs="*", help="run only rows whose name contains one of these")
     parser.add_argument("--out", type=Path, help="write the section into this markdown file")
     args = parser.parse_args(argv)
@@ -527,23 +549,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             wait_port(ports["perl"])
             wait_port(ports["go"])
+            # Rounds, rows interleaved: noise from other load on the machine spreads over
+            # every row instead of sinking one; each row's median-throughput run is kept.
+            runs: dict[str, list[Result]] = {row.name: [] for row in rows}
+            for _ in range(args.repeat):
+                for row in rows:
+                    result = peak_run(row, args, work, ports)
+                    runs[row.name].append(result)
+                    print(
+                        f"{row.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                        f"p99 {result.p99_ms:.2f} ms, server {result.server_cpu * 1e6:.0f} µs, "
+                        f"Envoy {result.envoy_cpu * 1e6:.0f} µs",
+                        flush=True,
+                    )
             results = []
-            for row in rows:
-                peak, half = measure(row, args, work, ports)
-                print(
-                    f"{row.name}: {peak.rps:,.0f} req/s, p50 {peak.p50_ms:.2f} ms, "
-                    f"p99 {peak.p99_ms:.2f} ms, server {peak.server_cpu * 1e6:.0f} µs, "
-                    f"Envoy {peak.envoy_cpu * 1e6:.0f} µs; half peak {half.rps:,.0f} req/s, "
-                    f"p99 {half.p99_ms:.2f} ms",
-                    flush=True,
-                )
-                results.append((row, peak, half))
-            plain_row = ROWS[0]
             plain_at: dict[str, Result] = {}
-            for row, _, half in results:
-                if row.transport is None:
-                    continue
-                plain_at[row.name] = measure_plain_paced(plain_row, args, work, ports, half.rps)
+            for row in rows:
+                peak = sorted(runs[row.name], key=lambda r: r.rps)[len(runs[row.name]) // 2]
+                half = half_run(row, args, work, ports, peak.rps / 2)
+                results.append((row, peak, half))
+                if row.transport is not None:
+                    plain_at[row.name] = half_run(ROWS[0], args, work, ports, half.rps)
+                print(f"{row.name}: half peak {half.rps:,.0f} req/s, p99 {half.p99_ms:.2f} ms")
         finally:
             upstream.stop()
     command = " ".join([".venv/bin/python loadtest/extproc/bench.py", *(argv or sys.argv[1:])])
@@ -552,24 +579,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         write_section(args.out, section)
     return 0
-
-
-def measure_plain_paced(
-    row: Row, args: argparse.Namespace, work: Path, ports: dict[str, int], rate: float
-) -> Result:
-    """Plain routes paced at ``rate``: the baseline for a row's added latency."""
-    listener = free_port()
-    document = CONFIG.format(listener=listener)
-    instances = INSTANCES.format(perl=ports["perl"], go=ports["go"])
-    envoy = run_envoy(
-        envoy_config(document, instances, free_port(), free_port(), None), work, "plain"
-    )
-    try:
-        wait_port(listener)
-        wrk(listener, 1, args.connections, {"Host": "example.com"})
-        return paced(listener, rate, args.duration, {"Host": "example.com"}, False)
-    finally:
-        envoy.stop()
 
 
 if __name__ == "__main__":
