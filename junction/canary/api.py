@@ -17,6 +17,7 @@ every replica and the controller exactly like the controller's own decisions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,8 @@ from junction.canary.store import StateStore
 from junction.config.model import Config
 
 __all__ = ["CanaryApi", "policy_json"]
+
+log = logging.getLogger("junction.canary")
 
 
 def policy_json(policy: CanaryPolicy) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class CanaryApi:
                 state = initial_state(policy, now, previous=state)
             new = apply_command(state, action, policy, now, by=by)
             if await self.store.put(new, index=stored.index if stored else 0):
+                log.info("canary %s: %s", service, new.reason)
                 return new
         raise StateConflict(
             f"{service}: the state kept changing under the command ({self._attempts} tries)"
