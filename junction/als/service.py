@@ -49,7 +49,10 @@ class AlsSettings:
     log_backups: int = 5
     events_path: str | None = None
     slot_seconds: float = 1.0
-    horizon: float = 900.0
+    #: How far back the windows reach. A DDSketch per key and slot is ~5 KB, so 300 1-s
+    #: slots cost ~1.5 MB per active (route, cluster, arm, source); a canary step longer
+    #: than this is judged on its last ``horizon`` seconds.
+    horizon: float = 300.0
     controller: bool = True
     tick: float = 0.5
     #: The window /als summarizes, in seconds.

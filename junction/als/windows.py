@@ -5,7 +5,8 @@ request count, 5xx, resets, failures (5xx, no response, or reset) and a DDSketch
 latencies. A window is any run of slots: :meth:`Windows.figures` merges the slots that
 overlap ``[start, end]``, so the controller can ask for "everything since this step
 began" and the status page for "the last 60 s" from the same data. Slots older than the
-horizon are dropped, so memory is bounded by horizon x active keys.
+horizon are dropped, so memory is bounded by horizon / slot x active keys (a sketch of a
+slot's latencies is about 5 KB).
 
 Latency quantiles come from DDSketch (DataDog's ``ddsketch`` package; Masson, Rim and Lee,
 "DDSketch: a fast and fully-mergeable quantile sketch with relative-error guarantees",
@@ -128,7 +129,7 @@ class Windows:
         self,
         *,
         slot_seconds: float = 1.0,
-        horizon: float = 900.0,
+        horizon: float = 300.0,
         relative_accuracy: float = 0.01,
         clock: Callable[[], float] = time.time,
     ) -> None:
