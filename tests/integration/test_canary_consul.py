@@ -20,7 +20,7 @@ import consul.aio
 import pytest
 from consul_double import ConsulDouble
 from harness import ROOT, Tally, drive, free_port, junction_up, upstreams, wait_port
-from test_als_receiver import until
+from test_als_envoy import until
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from harness import ROOT, Junction, Tally, drive, free_port, junction_up, post, upstreams
-from test_als_receiver import als_serve, until, write_stack
+from test_als_envoy import als_serve, until, write_stack
 
 pytestmark = pytest.mark.slow
 
