@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from junction.als.sinks import SinkRunner
 from junction.als.windows import Windows
 
 __all__ = ["Counters", "Pipeline"]
+
+log = logging.getLogger("junction.als")
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Counters:
     dropped_messages: int = 0
     dropped_entries: int = 0
     processed_entries: int = 0
+    #: Messages whose processing raised (a bug; logged with its traceback).
+    failed_messages: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,11 +125,18 @@ class Pipeline:
         return True
 
     async def run(self) -> None:
-        """Process queued messages until cancelled."""
+        """Process queued messages until cancelled. A message that breaks processing (a bug:
+        parsed messages always flatten) is logged, counted and skipped, never fatal."""
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self.process_one():
+            while True:
+                try:
+                    if not self.process_one():
+                        break
+                except Exception:
+                    self.counters.failed_messages += 1
+                    log.exception("access-log message could not be processed; skipped")
                 await asyncio.sleep(0)  # let the read loops run between messages
             self.idle.set()
 

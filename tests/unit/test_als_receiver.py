@@ -123,3 +123,24 @@ async def test_a_full_queue_drops_whole_messages_and_counts_them_as_missing() ->
         while pipeline.process_one():
             pass
         assert pipeline.counters.processed_entries == 40
+
+
+async def test_a_message_that_breaks_processing_is_skipped_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import junction.als.pipeline as pipeline_module
+
+    calls = {"n": 0}
+    real = pipeline_module.records_from_entries
+
+    def flaky(entries, node, now):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        return real(entries, node, now)
+
+    monkeypatch.setattr(pipeline_module, "records_from_entries", flaky)
+    async with receiver() as (pipeline, port):
+        assert await send(port, [batch(3), batch(4)]) == grpc.StatusCode.OK
+        await eventually(lambda: pipeline.counters.processed_entries == 4)
+        assert pipeline.counters.failed_messages == 1
