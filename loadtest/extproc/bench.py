@@ -468,9 +468,11 @@ def render(
         "",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"Envoy `--concurrency 1`, decision service {args.workers} worker(s), "
-        f"wrk `-t1 -c{args.connections} -d{args.duration}s`; each row its own Envoy and "
+        f"wrk `-t1 -c{args.connections} -d{args.duration:g}s`; each row its own Envoy and "
         "server, the same upstream (a second Envoy, `direct_response`). Peak: unpaced wrk, the "
         f"median of {args.repeat} runs per row, rows interleaved round by round. "
+        f"Load average (1 min) at start and end: {args.load[0]:.2f} / {args.load[1]:.2f} "
+        "(anything above ~1 is other work sharing the cores: latencies are then noisy). "
         "CPU per request: utime+stime from `/proc/<pid>/stat` over the peak run, divided by "
         "its requests (server: every process of it). Added p99: the row's p99 minus plain "
         "routes' p99, both paced at half of the row's peak.",
@@ -542,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [
             r for r in rows if r.lua or r.transport is None or any(o in r.name for o in args.only)
         ]
+    start_load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="junction-extproc-bench-") as tmp:
         work = Path(tmp)
         ports = {"perl": free_port(), "go": free_port()}
@@ -573,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{row.name}: half peak {half.rps:,.0f} req/s, p99 {half.p99_ms:.2f} ms")
         finally:
             upstream.stop()
+    args.load = (start_load, os.getloadavg()[0])
     command = " ".join([".venv/bin/python loadtest/extproc/bench.py", *(argv or sys.argv[1:])])
     section = render(results, plain_at, args, command)
     print(section)
