@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf import struct_pb2
+from test_extproc_http import headers_message
 
 from junction.config.load import load_config
 from junction.extproc.counters import Counters
@@ -38,29 +38,11 @@ experiments:
 """
 
 
-def headers_message(
-    path: str = "/api/x", source: str | None = None, **headers: str
-) -> ep.ProcessingRequest:
-    msg = ep.ProcessingRequest(
-        request_headers=ep.HttpHeaders(
-            headers=base_pb2.HeaderMap(
-                headers=[
-                    base_pb2.HeaderValue(key=k, raw_value=v.encode())
-                    for k, v in {
-                        ":authority": "example.com",
-                        ":path": path,
-                        ":method": "GET",
-                        **headers,
-                    }.items()
-                ]
-            ),
-            end_of_stream=True,
-        )
+def with_source(msg: ep.ProcessingRequest, source: str) -> ep.ProcessingRequest:
+    """``msg`` with the ``source.address`` attribute (as Envoy sends it for CIDR trust)."""
+    msg.attributes["envoy.filters.http.ext_proc"].CopyFrom(
+        struct_pb2.Struct(fields={"source.address": struct_pb2.Value(string_value=source)})
     )
-    if source is not None:
-        msg.attributes["envoy.filters.http.ext_proc"].CopyFrom(
-            struct_pb2.Struct(fields={"source.address": struct_pb2.Value(string_value=source)})
-        )
     return msg
 
 
@@ -92,12 +74,12 @@ async def test_trusted_pin_routes_and_untrusted_pin_is_ignored(
 ) -> None:
     processor, client = stub
     (trusted,) = await exchange(
-        client, headers_message(source="10.1.1.1:4000", **{"x-junction-version": "go"})
+        client, with_source(headers_message(x_junction_version="go"), "10.1.1.1:4000")
     )
     assert set_headers(trusted)["x-junction-cluster"] == "web-api-go"
     assert trusted.request_headers.response.clear_route_cache
     (untrusted,) = await exchange(
-        client, headers_message(source="192.0.2.1:4000", **{"x-junction-version": "go"})
+        client, with_source(headers_message(x_junction_version="go"), "192.0.2.1:4000")
     )
     assert "x-junction-cluster" not in set_headers(untrusted)
     assert untrusted.request_headers.response.header_mutation.remove_headers == [
@@ -112,7 +94,7 @@ async def test_pin_to_a_version_without_healthy_hosts_is_rejected(
 ) -> None:
     _, client = stub
     (resp,) = await exchange(
-        client, headers_message(source="10.0.0.1:1", **{"x-junction-version": "perl"})
+        client, with_source(headers_message(x_junction_version="perl"), "10.0.0.1:1")
     )
     assert resp.WhichOneof("response") == "immediate_response"
     assert resp.immediate_response.status.code == 503
@@ -139,7 +121,7 @@ async def test_several_messages_on_one_stream_and_other_kinds(
     processor, client = stub
     answers = await exchange(
         client,
-        headers_message(source="10.0.0.1:1", **{"x-junction-version": "go"}),
+        with_source(headers_message(x_junction_version="go"), "10.0.0.1:1"),
         ep.ProcessingRequest(response_headers=ep.HttpHeaders()),
         ep.ProcessingRequest(request_body=ep.HttpBody(body=b"x")),
     )

@@ -40,10 +40,10 @@ experiments:
 """
 
 
-def envoy_json(path: str = "/api/x", **headers: str) -> bytes:
-    """A ProcessingRequest as Envoy 1.40's http_service sends it (proto field names,
-    base64 raw_value, default values printed)."""
-    msg = ep.ProcessingRequest(
+def headers_message(path: str = "/api/x", **headers: str) -> ep.ProcessingRequest:
+    """Request headers as Envoy sends them to ext_proc (``x_user_id`` -> ``x-user-id``);
+    the gRPC and service tests use it too."""
+    return ep.ProcessingRequest(
         request_headers=ep.HttpHeaders(
             headers=base_pb2.HeaderMap(
                 headers=[
@@ -59,6 +59,12 @@ def envoy_json(path: str = "/api/x", **headers: str) -> bytes:
             end_of_stream=True,
         )
     )
+
+
+def envoy_json(path: str = "/api/x", **headers: str) -> bytes:
+    """A ProcessingRequest as Envoy 1.40's http_service sends it (proto field names,
+    base64 raw_value, default values printed)."""
+    msg = headers_message(path, **headers)
     return json_format.MessageToJson(
         msg,
         preserving_proto_field_name=True,

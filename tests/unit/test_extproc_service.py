@@ -15,10 +15,8 @@ import grpc
 import orjson
 import pytest
 from conftest import eventually
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from test_extproc_http import envoy_json, post
+from test_extproc_http import envoy_json, headers_message, post
 
 from junction.catalog.file import FileCatalog, FileConfig
 from junction.extproc.service import ExtProcService, ServiceSettings
@@ -144,17 +142,7 @@ async def test_workers_share_the_ports_and_assign_keys_identically(running: Runn
     # The gRPC port is shared too.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
         stub = ep_grpc.ExternalProcessorStub(channel)
-        message = ep.ProcessingRequest(
-            request_headers=ep.HttpHeaders(
-                headers=base_pb2.HeaderMap(
-                    headers=[
-                        base_pb2.HeaderValue(key=":authority", raw_value=b"example.com"),
-                        base_pb2.HeaderValue(key=":path", raw_value=b"/api/x"),
-                        base_pb2.HeaderValue(key="x-junction-version", raw_value=b"go"),
-                    ]
-                )
-            )
-        )
+        message = headers_message(x_junction_version="go")
         (answer,) = [r async for r in stub.Process(iter([message]), timeout=5)]
     values = {
         h.header.key: h.header.raw_value
