@@ -53,6 +53,10 @@ STATIC_CONNECT_TIMEOUT = 1.0
 #: Envoy open more connections under load, which SO_REUSEPORT spreads over the decision
 #: service's worker processes (one connection per Envoy worker would pin each to one).
 EXTPROC_STREAMS_PER_CONNECTION = 8
+#: ...and connections are recycled after this many streams, so that a quiet period that
+#: left only one or two connections (possibly hashed to the same worker) does not keep the
+#: load on one worker for good. One new connection per 1000 decisions is cheap.
+EXTPROC_STREAMS_PER_CONNECTION_LIFETIME = 1000
 #: Idle HTTP/1.1 connections to the decision service are closed by Envoy first (the service
 #: closes them after 60 s), so Envoy never sends on a connection the service is closing.
 EXTPROC_HTTP_IDLE_TIMEOUT = 30.0
@@ -142,6 +146,7 @@ def bootstrap_message(opts: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
                 opts.extproc_host,
                 opts.extproc_port,
                 max_streams=EXTPROC_STREAMS_PER_CONNECTION,
+                max_requests=EXTPROC_STREAMS_PER_CONNECTION_LIFETIME,
             )
         )
     if opts.extproc_http_port is not None:
@@ -205,6 +210,7 @@ def _grpc_cluster(
     *,
     keepalive: bool = False,
     max_streams: int | None = None,
+    max_requests: int | None = None,
     protocol_options: http_protocol_options_pb2.HttpProtocolOptions | None = None,
 ) -> cluster_pb2.Cluster:
     """A static cluster of one gRPC server: HTTP/2 upstream, 1 s connect timeout.
@@ -217,6 +223,8 @@ def _grpc_cluster(
             http2_protocol_options=h2
         )
     )
+    if max_requests is not None:
+        http2.common_http_protocol_options.max_requests_per_connection.value = max_requests
     packed = any_pb2.Any()
     packed.Pack(http2, deterministic=True)
     cluster = cluster_pb2.Cluster(
