@@ -32,3 +32,18 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+## loadtest: one Locust scenario and its report (results in loadtest/results/); e.g.
+##   make loadtest SCENARIO=canary DURATION=60
+## SCENARIO: migration | pinned | experiments | canary. STACK: free (start the demo stack on
+## free ports), fixed (on the example's ports), none (use `make run`'s). ARGS: more options
+## of loadtest/scenarios/run.py (after `--`: of the locustfile).
+SCENARIO ?= migration
+DURATION ?= 30
+USERS    ?= 20
+RATE     ?= 200
+STACK    ?= free
+.PHONY: loadtest
+loadtest: $(STAMP)
+	$(BIN)/python loadtest/scenarios/run.py $(SCENARIO) --duration $(DURATION) \
+		--users $(USERS) --rate $(RATE) --stack $(STACK) $(ARGS)
