@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration lint bench clean
+.PHONY: run test unit integration lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python examples/run.py
 
-## test: every test, the real-Envoy integration tests included
-test: $(STAMP)
+## test: lint, then every test, the real-Envoy integration tests included
+test: lint
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
@@ -27,7 +27,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check junction tests loadtest
+	$(BIN)/ruff check junction tests loadtest examples
 	$(BIN)/mypy
 
 clean:
