@@ -99,13 +99,21 @@ def _locust_csv(path: Path) -> dict[str, Any] | None:
                 return {
                     "requests": int(row["Request Count"]),
                     "failures": int(row["Failure Count"]),
-                    "rps": float(row["Requests/s"]),
-                    "p50_ms": float(row["50%"]),
-                    "p95_ms": float(row["95%"]),
-                    "p99_ms": float(row["99%"]),
-                    "max_ms": float(row["Max Response Time"]),
+                    "rps": _number(row["Requests/s"]),
+                    "p50_ms": _number(row["50%"]),
+                    "p95_ms": _number(row["95%"]),
+                    "p99_ms": _number(row["99%"]),
+                    "max_ms": _number(row["Max Response Time"]),
                 }
     return None
+
+
+def _number(text: str) -> float | None:
+    """Locust writes ``N/A`` where there were no requests."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def build_summary(
@@ -259,6 +267,12 @@ def format_table(summary: dict[str, Any]) -> str:
             f"completed, {envoy['downstream_rq_5xx']:,} 5xx; Locust {envoy['locust_requests']:,}"
             f" (difference {envoy['difference']:+d})",
         ]
+    cores = summary.get("locust_cpu_cores")
+    if cores is not None:
+        bound = (
+            "  (near 1: the load generator, not the stack, set the pace)" if cores > 0.85 else ""
+        )
+        lines += ["", f"   Locust used {cores:.2f} of a core{bound}"]
     lines += ["", "   checks"]
     for c in summary["checks"]:
         lines.append(f"   {'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['detail']}")

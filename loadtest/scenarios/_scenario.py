@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 from _checks import Check, LoadTestError, Shares, Timeline, require_loopback
 from locust import events
 from locust.contrib.fasthttp import FastHttpUser
+from locust.exception import StopUser
 from locust.runners import LocalRunner
 
 __all__ = ["Answer", "Scenario", "ScenarioUser"]
@@ -50,6 +52,10 @@ DEFAULT_MAX_SECONDS = 300
 #: decision Envoy's decision service made, echoed back.
 SERVED_BY = "x-upstream-service"
 DECISION_ECHO = "x-echo-x-junction-decision"
+
+
+#: Set when a scenario could not set itself up: users then stop before sending anything.
+_ABORTED = gevent.event.Event()
 
 
 class Answer:
@@ -194,6 +200,7 @@ class Scenario:
             # Locust logs and swallows a listener's exception; a scenario that cannot set
             # itself up must not run as if it had.
             self._aborted = str(exc)
+            _ABORTED.set()
             print(f"loadtest {self.name}: {exc}", file=sys.stderr, flush=True)
             gevent.spawn(self._quit, "setup failed")
             return
@@ -384,6 +391,8 @@ class ScenarioUser(FastHttpUser):
         """GET ``path`` (Host: ``--host-header``), counted under ``group``; the caller
         judges the :class:`Answer` inside the ``with`` block. Statuses >= 400 and
         transport errors fail on their own."""
+        if _ABORTED.is_set():
+            raise StopUser()
         send = {"Host": self.environment.parsed_options.host_header, **(headers or {})}
         with self.client.get(
             path, headers=send, name=name or group, catch_response=True, context={"group": group}

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from _checks import LoadTestError
 
-__all__ = ["DemoStack", "StackPorts", "free_port"]
+__all__ = ["DemoStack", "StackPorts", "free_port", "free_ports"]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -35,9 +35,23 @@ READY_TIMEOUT = 60.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all held open until every one is picked, because a port
+    closed at once can be handed out again by the next bind (seen: the listener given an
+    upstream's port)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 @dataclass(frozen=True)
@@ -100,13 +114,15 @@ class DemoStack:
                 extproc_stats=9004,
                 upstreams={n: [int(i["port"]) for i in items] for n, items in services.items()},
             )
+        sizes = {name: len(items) for name, items in services.items()}
+        ports = iter(free_ports(5 + sum(sizes.values())))
         return StackPorts(
-            listener=free_port(),
-            status=free_port(),
-            envoy_admin=free_port(),
-            xds=free_port(),
-            extproc_stats=free_port(),
-            upstreams={n: [free_port() for _ in items] for n, items in services.items()},
+            listener=next(ports),
+            status=next(ports),
+            envoy_admin=next(ports),
+            xds=next(ports),
+            extproc_stats=next(ports),
+            upstreams={name: [next(ports) for _ in range(n)] for name, n in sizes.items()},
         )
 
     @property

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import signal
 import subprocess
@@ -252,7 +253,7 @@ def _locust_and_report(
         f"{f'{args.rate:g} req/s' if args.rate else 'unpaced'} -> {results}",
         flush=True,
     )
-    rc = _run_locust(cmd, results, args.duration)
+    rc, locust_cpu = _run_locust(cmd, results, args.duration)
     scenario_path = results / "scenario.json"
     if not scenario_path.exists():
         log = (results / "locust.log").read_text(errors="replace")[-3000:]
@@ -271,6 +272,10 @@ def _locust_and_report(
     )
     summary["locust_command"] = shlex.join(cmd)
     summary["locust_exit_code"] = rc
+    # Near 1.0, Locust itself (one process, one core) was the limit, not the stack.
+    summary["locust_cpu_cores"] = (
+        round(locust_cpu / summary["duration_s"], 2) if summary["duration_s"] else None
+    )
     plots = plot(summary, scenario, results)
     summary["files"] = sorted({*summary["files"], *(p.name for p in plots), "summary.json"})
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -290,9 +295,13 @@ def _counters(admin: str | None) -> dict[str, int] | None:
         return None
 
 
-def _run_locust(cmd: list[str], results: Path, duration: float) -> int:
-    """Run Locust, print a progress line each second, and stop it if it overstays."""
+def _run_locust(cmd: list[str], results: Path, duration: float) -> tuple[int, float]:
+    """Run Locust, print a progress line each second, and stop it if it overstays.
+    Returns its exit code and the CPU seconds it used (user + system)."""
     tty = sys.stdout.isatty()
+    # Children's usage counts once a child is waited for; the stack's children are not
+    # waited for until later, so the difference is Locust's alone.
+    cpu_before = _children_cpu()
     deadline = time.monotonic() + duration + STOP_GRACE
     last_print = 0.0
     with (results / "locust.log").open("wb") as log:
@@ -320,7 +329,12 @@ def _run_locust(cmd: list[str], results: Path, duration: float) -> int:
             proc.wait()
     if tty:
         print()
-    return int(proc.returncode)
+    return int(proc.returncode), _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _progress_line(path: Path, duration: float) -> str | None:

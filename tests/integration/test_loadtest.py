@@ -182,3 +182,15 @@ def test_canary_with_a_fault_is_rolled_back(tmp_path: Path) -> None:
     assert summary["failures"] == errors["web-api-go"]["failures"]
     assert abs(summary["envoy"]["downstream_rq_5xx"] - summary["failures"]) <= 2
     assert_report(tmp_path)
+
+
+def test_canary_refuses_a_stack_without_a_ramp_and_sends_nothing(
+    stack: DemoStack, tmp_path: Path
+) -> None:
+    admin = stack.envoy_admin()
+    before = envoy_stats(admin)["http.junction.downstream_rq_completed"]
+    rc, summary, out = run(tmp_path, "canary", *SMOKE, *against(stack))
+    assert rc == 2, out
+    assert "the stack has no canary ramp for web-api" in out
+    assert summary["requests"] == 0 and not summary["ok"]
+    assert envoy_stats(admin)["http.junction.downstream_rq_completed"] == before
