@@ -296,6 +296,10 @@ class Timeline:
         last = max(self._seconds, default=-1)
         return [_row(i, self._seconds.get(i) or _Second()) for i in range(last + 1)]
 
+    def row(self, index: int) -> dict[str, Any]:
+        """Second ``index`` alone (cheap: the progress line reads one a second)."""
+        return _row(index, self._seconds.get(index) or _Second())
+
     def totals(self) -> dict[str, Any]:
         return _row(None, self.total)
 

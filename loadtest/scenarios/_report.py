@@ -250,8 +250,11 @@ def format_table(summary: dict[str, Any]) -> str:
             )
     canary = summary["extra"].get("canary")
     if canary:
-        states = " -> ".join(f"{w}% {p} @{t:.0f}s" for t, w, p in canary["states"])
-        lines += ["", f"   canary {canary['candidate']} vs {canary['baseline']}: {states}"]
+        states = " -> ".join(f"{w}% {p} at {t:.0f} s" for t, w, p in canary["states"])
+        lines += [
+            "",
+            f"   canary {canary['candidate']} vs {canary['baseline']} (polled): {states}",
+        ]
         rb = canary.get("rollback")
         if rb and rb.get("evidence"):
             cand = rb["evidence"].get("candidate") or {}
@@ -305,6 +308,8 @@ def plot(summary: dict[str, Any], scenario: dict[str, Any], out: Path) -> list[P
     written = []
 
     color = _Colors()
+    for cluster in sorted(summary["versions"]):
+        color(cluster)  # by name first: a version keeps its colour from one run to the next
     fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.plot(t, [r["requests"] for r in rows], color="black", lw=2, label="all requests")
     clusters = [c for c in summary["versions"] if c != NO_UPSTREAM]

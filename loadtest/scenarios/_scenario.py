@@ -259,8 +259,8 @@ class Scenario:
     def _progress(self) -> dict[str, Any]:
         assert self.timeline is not None
         now = time.time() - self.timeline.t0
-        rows = self.timeline.rows()
-        last = rows[-2] if len(rows) >= 2 else None  # the last whole second
+        whole = int(now) - 1  # the last second that is over
+        last = self.timeline.row(whole) if whole >= 0 else None
         totals = self.timeline.totals()
         return {
             "elapsed": round(now, 1),

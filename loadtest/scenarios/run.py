@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, passthrough = argv[:i], argv[i + 1 :]
     args = _parser().parse_args(argv)
+    # SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C: the finally blocks stop
+    # Locust and the stack this run started.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return _run(args, passthrough)
     except LoadTestError as exc:
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nloadtest: interrupted", file=sys.stderr)
         return 130
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _check_args(args: argparse.Namespace) -> None:
