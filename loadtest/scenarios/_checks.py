@@ -307,7 +307,11 @@ class Timeline:
 def _quantiles(sketch: DDSketch) -> dict[str, float | None]:
     if sketch.count == 0:
         return {f"p{round(q * 100)}": None for q in QUANTILES}
-    return {f"p{round(q * 100)}": round(sketch.get_quantile_value(q), 3) for q in QUANTILES}
+    out: dict[str, float | None] = {}
+    for q in QUANTILES:
+        value = sketch.get_quantile_value(q)
+        out[f"p{round(q * 100)}"] = None if value is None else round(value, 3)
+    return out
 
 
 def _row(index: int | None, s: _Second) -> dict[str, Any]:
@@ -325,7 +329,7 @@ def _row(index: int | None, s: _Second) -> dict[str, Any]:
         group_failures=dict(sorted(s.group_failures.items())),
     )
     if index is None and s.sketch.count:
-        row["latency_ms"]["avg"] = round(s.sketch.avg, 3)
+        row["latency_ms"]["avg"] = round(s.sketch.sum / s.sketch.count, 3)
         row["latency_ms"]["max"] = round(s.max_ms, 3)
     return row
 

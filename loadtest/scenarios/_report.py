@@ -190,7 +190,7 @@ def _single(s: dict[str, Any]) -> str | None:
     """The key of a group that expects all its answers from one cluster (a pin, /asset)."""
     expected = [k for k, r in s["rows"].items() if r["expected"] is not None]
     if len(expected) == 1 and s["rows"][expected[0]]["expected"] == 1.0:
-        return expected[0]
+        return str(expected[0])
     return None
 
 

@@ -207,7 +207,7 @@ class DemoStack:
             for proc in self._procs:
                 if proc.poll() is not None:
                     raise LoadTestError(
-                        f"the demo stack exited ({proc.args[1:3]}: {proc.returncode}); "
+                        f"a demo stack process exited (pid {proc.pid}: {proc.returncode}); "
                         f"see {self.workdir}/junction.log and upstreams.log"
                     )
             try:

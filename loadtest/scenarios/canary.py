@@ -41,7 +41,8 @@ SCENARIO = Scenario("canary", failure_budget=False)
 MIN_AFTER = 20
 #: (seconds since start, candidate weight, phase) each time either changed.
 STATES: list[tuple[float, int, str]] = []
-POLL = {"greenlet": None, "last": None}
+#: The status poller and the last ramp status it read.
+POLL: dict[str, Any] = {"greenlet": None, "last": None}
 
 
 @SCENARIO.options
@@ -171,7 +172,7 @@ class Shopper(ScenarioUser):
 def _verdicts() -> Iterator[Check]:
     timeline, opts = SCENARIO.timeline, SCENARIO.opts
     assert timeline is not None
-    body: dict[str, Any] = POLL["last"] or {}  # type: ignore[assignment]
+    body: dict[str, Any] = POLL["last"] or {}
     state = body.get("state") or {}
     policy = body.get("policy") or {}
     baseline, candidate = policy.get("baseline", "?"), policy.get("candidate", "?")

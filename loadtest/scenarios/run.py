@@ -202,6 +202,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     config = args.config or SCENARIOS[args.scenario]
     stack: DemoStack | None = None
     extra: list[str] = []
+    admin: str | None
     try:
         if args.stack != "none":
             print(
