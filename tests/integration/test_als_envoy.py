@@ -185,12 +185,11 @@ async def test_a_killed_receiver_costs_no_request(tmp_path: Path) -> None:
                 await als.proc.wait()
             served_before = sum(tally.statuses.values())
             await eventually(lambda: sum(tally.statuses.values()) > served_before + 500, timeout=30)
-            # Envoy noticed the receiver gone: its sends failed (it keeps a bounded buffer,
-            # retried on the next flush, and drops beyond it) instead of waiting.
-            counters = await until(
-                lambda: envoy_als_counters(j),
-                lambda c: c.get("grpc_entries_flush_failed", 0) + c.get("logs_dropped", 0) > 0,
-            )
+
+            # Envoy keeps logging without holding up requests. (Its counters cannot show the
+            # loss: measured here, Envoy 1.40 counts entries as flushed into its gRPC client
+            # even while the receiver is dead, so `grpc_entries_flushed` keeps rising.)
+            counters = await envoy_als_counters(j)
             async with als_serve(
                 tmp_path, config, port=als_port, state_dir=state, name="als2"
             ) as als2:
