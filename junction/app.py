@@ -14,7 +14,6 @@ so replicas run side by side with no state of their own that the others need.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -33,6 +32,7 @@ from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
 from junction.status import StatusServer
+from junction.tasks import cancel_all
 from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
@@ -233,12 +233,7 @@ class ControlPlane:
         if self.extproc is not None:
             await self.extproc.stop()
             self.extproc = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self.als is not None:
             await self.als.stop()
         await self.canary_store.close()

@@ -10,7 +10,6 @@ standalone process's own source) and writes canary states only through the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from junction.als.windows import Windows
 from junction.canary.controller import CanaryController
 from junction.canary.store import StateStore
 from junction.config.model import Config
+from junction.tasks import cancel_all
 
 __all__ = ["AlsService", "AlsSettings"]
 
@@ -123,12 +123,7 @@ class AlsService:
             await asyncio.sleep(self.settings.tick)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self._server is not None:
             await self._server.stop(grace=0.5)
             self._server = None

@@ -9,7 +9,6 @@ serves ``/als``, ``/canary`` and ``/healthz`` on its own HTTP port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from junction.catalog.source import ConfigSource
 from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
+from junction.tasks import cancel_all
 
 __all__ = ["LastGoodConfig", "run_als"]
 
@@ -104,11 +104,7 @@ async def run_als(
         log.info("signal received; stopping")
         return 0
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         await runner.cleanup()
         await service.stop()
         await store.close()

@@ -14,7 +14,6 @@ Editors that replace a file (write + rename) are handled because the inode is wa
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +26,7 @@ from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, ConfigSource, SourceSink
 from junction.config.errors import ConfigError
 from junction.config.load import validate_document
-from junction.config.model import CLUSTER_NAME, Port
+from junction.config.model import CLUSTER_NAME, IpAddress, Port
 from junction.config.yamldoc import parse_yaml
 
 __all__ = ["FileCatalog", "FileConfig", "load_instances"]
@@ -42,7 +41,7 @@ _STATUS = {
 
 class _InstanceEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    address: str
+    address: IpAddress
     port: Port
     zone: str = ""
     region: str = ""
@@ -50,15 +49,6 @@ class _InstanceEntry(BaseModel):
     weight: int = 1
     node: str = ""
     tags: tuple[str, ...] = ()
-
-    @field_validator("address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise PydanticCustomError("junction", "must be an IP address") from None
-        return value
 
     @field_validator("weight")
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +33,7 @@ __all__ = [
     "EdsEndpoint",
     "EndpointSection",
     "HealthCheck",
+    "IpAddress",
     "Listen",
     "ListenerConfig",
     "LoadBalancer",
@@ -64,7 +66,17 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _ip_address(value: Any) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise PydanticCustomError("junction", "must be an IP address") from None
+    return str(value)
+
+
 Port = Annotated[int, _int_in(1, 65535)]
+#: An IPv4 or IPv6 address (Envoy's socket addresses and EDS endpoints take no names).
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
 Weight = Annotated[int, _int_in(0, 100)]
 Threshold = Annotated[int, _int_in(1, 1000)]
 Seconds = Annotated[float, BeforeValidator(_seconds)]
@@ -95,17 +107,8 @@ def _check_names(names: Mapping[str, Any], what: str) -> None:
 
 class Listen(_Model):
     protocol: Literal["tcp"] = "tcp"
-    address: str = "0.0.0.0"
+    address: IpAddress = "0.0.0.0"
     port: Port
-
-    @field_validator("address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise PydanticCustomError("junction", "must be an IP address") from None
-        return value
 
 
 class Timeouts(_Model):

@@ -52,6 +52,7 @@ from junction.extproc.http_adapter import HttpLimits
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
 from junction.extproc.worker import TableInputs, WorkerOptions, worker_main
+from junction.tasks import cancel_all
 
 __all__ = [
     "ExtProcError",
@@ -219,12 +220,7 @@ class ExtProcService:
         )  # fmt: skip
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         for w in self._workers:
             self._forget(w)
             if w.process.is_alive():
