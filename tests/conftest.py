@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # so tests can `import fakes`, `import consul_double`
@@ -21,3 +22,22 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+T = TypeVar("T")
+
+
+async def until(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0
+) -> T:
+    """Poll the coroutine ``probe`` until ``ok`` holds for its value; fail after ``timeout``
+    seconds (a bound, not a goal), showing the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(0.1)

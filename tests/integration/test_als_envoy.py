@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from conftest import eventually
-from envoy.service.accesslog.v3 import als_pb2
+from als_wire import send
+from conftest import eventually, until
 from harness import (
     PYTHON,
     ROOT,
@@ -33,25 +33,6 @@ from harness import (
 )
 
 pytestmark = pytest.mark.slow
-
-METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
-T = TypeVar("T")
-
-
-async def until(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0
-) -> T:
-    """Poll ``probe`` until ``ok`` holds for its value; fail after ``timeout`` (a bound)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(0.1)
-
 
 CONFIG = """\
 listener:
@@ -123,25 +104,6 @@ async def als_serve(
     finally:
         await session.close()
         await stop_process(proc)
-
-
-async def send_raw(port: int, payloads: list[bytes]) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_unary(
-            METHOD,
-            request_serializer=None,
-            response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
-        )
-
-        async def stream() -> AsyncIterator[bytes]:
-            for p in payloads:
-                yield p
-
-        try:
-            await call(stream())
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
 
 
 async def envoy_als_counters(junction: Any) -> dict[str, int]:
@@ -226,9 +188,9 @@ async def test_bad_messages_to_the_real_process_are_counted(tmp_path: Path) -> N
         await j.wait_acked()
         status = await j.status()
         port = status["als"]["port"]
-        assert await send_raw(port, [b"\xff\xfe garbage"]) == grpc.StatusCode.INVALID_ARGUMENT
-        assert await send_raw(port, [b"\x0a" + b"\xff" * 10]) == grpc.StatusCode.INVALID_ARGUMENT
-        assert await send_raw(port, [b"x" * (5 << 20)]) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await send(port, [b"\xff\xfe garbage"]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert await send(port, [b"\x0a" + b"\xff" * 10]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert await send(port, [b"x" * (5 << 20)]) == grpc.StatusCode.RESOURCE_EXHAUSTED
         receiver = (await j.status())["als"]["receiver"]
         assert (receiver["rejected_malformed"], receiver["rejected_oversized"]) == (2, 1)
         # Still serving: Envoy's own logs keep arriving and are counted in the windows.

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import consul.aio
 import pytest
+from conftest import until
 from consul_double import ConsulDouble
 from harness import ROOT, Tally, drive, free_port, junction_up, upstreams, wait_port
-from test_als_envoy import until
 
 pytestmark = pytest.mark.slow
 

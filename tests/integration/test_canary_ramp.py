@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 from harness import ROOT, Junction, Tally, drive, free_port, junction_up, post, upstreams
-from test_als_envoy import als_serve, until, write_stack
+from test_als_envoy import als_serve, write_stack
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ tooling would: KV writes, agent service registration, maintenance mode.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import consul.aio
 import pytest
+from conftest import until
 from consul_double import ConsulDouble
 from harness import Junction, drive, free_port, junction_up, upstreams
 
@@ -72,14 +72,6 @@ async def cstack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             await client.close()
 
 
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_kv_change_reaches_envoy(cstack: ConsulStack) -> None:
     tally = await drive(cstack.listener, "/api/x", count=200)
     assert tally.failures == 0
@@ -89,7 +81,7 @@ async def test_kv_change_reaches_envoy(cstack: ConsulStack) -> None:
     async def all_go() -> bool:
         return (await drive(cstack.listener, "/api/x", count=20)).services == {"web-api-go": 20}
 
-    await until(all_go)
+    await until(all_go, bool, timeout=10)
     status = await cstack.junction.status()
     assert status["config"]["origin"] == f"consul:{KEY}"
 
@@ -101,7 +93,7 @@ async def test_bad_kv_value_keeps_last_good(cstack: ConsulStack) -> None:
     async def rejected() -> bool:
         return (await cstack.junction.status())["config"]["last_error"] is not None
 
-    await until(rejected)
+    await until(rejected, bool, timeout=10)
     status = await cstack.junction.status()
     message = status["config"]["last_error"]["message"]
     assert (
@@ -124,7 +116,7 @@ async def test_maintenance_mode_drains_the_instance(cstack: ConsulStack) -> None
                     return host["health_status"].get("eds_health_status") == "DRAINING"
         return False
 
-    await until(draining)
+    await until(draining, bool, timeout=10)
     tally = await drive(cstack.listener, "/api/x", count=300)
     assert tally.failures == 0
     assert str(cstack.ports["perl1"]) not in tally.ports
@@ -144,7 +136,7 @@ async def test_maintenance_mode_drains_the_instance(cstack: ConsulStack) -> None
             str(cstack.ports["perl1"]) in (await drive(cstack.listener, "/api/x", count=100)).ports
         )
 
-    await until(back)
+    await until(back, bool, timeout=10)
 
 
 async def test_consul_unreachable_keeps_serving_and_recovers(cstack: ConsulStack) -> None:
@@ -155,7 +147,7 @@ async def test_consul_unreachable_keeps_serving_and_recovers(cstack: ConsulStack
             sources = (await cstack.junction.status())["sources"]
             return any(not s["ok"] for s in sources.values())
 
-        await until(reported)
+        await until(reported, bool, timeout=10)
         tally = await drive(cstack.listener, "/api/x", count=200)
         assert tally.failures == 0
         assert set(tally.services) == {"web-api-perl", "web-api-go"}
@@ -166,11 +158,11 @@ async def test_consul_unreachable_keeps_serving_and_recovers(cstack: ConsulStack
         sources = (await cstack.junction.status())["sources"]
         return all(s["ok"] for s in sources.values())
 
-    await until(recovered, timeout=20)
+    await until(recovered, bool, timeout=20)
     # And it follows changes again.
     await cstack.client.kv.put(KEY, CONFIG.format(listener=cstack.listener, perl=100, go=0))
 
     async def all_perl() -> bool:
         return (await drive(cstack.listener, "/api/x", count=20)).services == {"web-api-perl": 20}
 
-    await until(all_perl)
+    await until(all_perl, bool, timeout=10)

@@ -10,15 +10,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from als_wire import send
 from conftest import eventually
-from envoy.service.accesslog.v3 import als_pb2
 
 from junction.als.pipeline import Pipeline
 from junction.als.receiver import create_server
 from junction.als.synthetic import Outcome, message
 from junction.als.windows import Windows
-
-METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
 
 @contextlib.asynccontextmanager
@@ -36,26 +34,6 @@ async def receiver(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def send(port: int, payloads: list[bytes]) -> grpc.StatusCode:
-    """One stream carrying ``payloads`` (raw bytes); the status it ended with."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_unary(
-            METHOD,
-            request_serializer=None,
-            response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
-        )
-
-        async def stream() -> AsyncIterator[bytes]:
-            for p in payloads:
-                yield p
-
-        try:
-            await call(stream())
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
 
 
 def batch(n: int, *, node: str | None = "envoy-a", **kw: object) -> bytes:
