@@ -248,13 +248,11 @@ class XdsServicer:
     def _after(
         self, core: StreamCore[Any, Any], out: Output[Any], watch: Watch | None, peer: str
     ) -> None:
-        """Log the events; wake the node's other streams if its state changed."""
+        """Log the events; wake the node's other streams if the core says its state changed."""
         node = core.node_id or "?"
-        changed = False
         for event in out.events:
             _log_event(node, core, event, peer)
-            changed = changed or isinstance(event, (Ack, Nack, Sent, Subscribed, Unsubscribed))
-        if changed and core.node_id is not None:
+        if out.node_changed and core.node_id is not None:
             self.cache.notify_node(core.node_id, watch)
 
 
