@@ -274,7 +274,7 @@ class StreamCore(ABC, Generic[Q, R]):
                 continue
             ts = node.types[t]
             if view is None:
-                view = compute_view(snapshot, node.holdings())
+                view = compute_view(snapshot, node.holdings(), self.registry.view_memo)
             ts.retarget(
                 snapshot.version,
                 selection(st.sub, snapshot.of_type(t), snapshot.versions[t])[1],

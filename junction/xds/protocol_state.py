@@ -28,7 +28,7 @@ from junction.xds.type_state import (
     Subscription,
     TypeState,
 )
-from junction.xds.view import Holding
+from junction.xds.view import Holding, ViewMemo
 
 __all__ = [
     "WILDCARD",
@@ -238,6 +238,8 @@ class NodeRegistry:
         self._nodes: dict[str, NodeState] = {}
         self._ids = itertools.count(1)
         self._keep = keep_disconnected
+        #: Shared by every stream's views: what resources reference (see ViewMemo).
+        self.view_memo = ViewMemo()
 
     def new_stream_id(self) -> int:
         return next(self._ids)
