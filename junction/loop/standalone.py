@@ -15,7 +15,6 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import StateStore
@@ -24,6 +23,7 @@ from junction.catalog.source import ConfigSource
 from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
+from junction.loop.service import AlsService, AlsSettings
 from junction.tasks import cancel_all
 
 __all__ = ["LastGoodConfig", "run_als"]
