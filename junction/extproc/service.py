@@ -44,8 +44,8 @@ from junction.canary.store import StateStore
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
-from junction.errors import JunctionError
 from junction.extproc.counters import COUNTER_NAMES, SharedCounters
+from junction.extproc.errors import ExtProcError
 from junction.extproc.http_adapter import HttpLimits
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
@@ -63,10 +63,6 @@ __all__ = [
 log = logging.getLogger("junction.extproc")
 
 _USABLE = (Health.HEALTHY, Health.DEGRADED)
-
-
-class ExtProcError(JunctionError):
-    """The decision service could not start (ports, workers)."""
 
 
 @dataclass(frozen=True)
