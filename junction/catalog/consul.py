@@ -47,9 +47,9 @@ import aiohttp
 import consul
 import consul.aio
 
+from junction.catalog.errors import CatalogError
 from junction.catalog.model import Instance, health_from_checks
 from junction.catalog.source import CatalogSource, ConfigSource, SourceSink
-from junction.errors import JunctionError
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -76,7 +76,7 @@ MAX_WAIT = 600.0
 MAX_WEIGHT = 128
 
 
-class ConsulSettingError(JunctionError, ValueError):
+class ConsulSettingError(CatalogError):
     """A Consul source was configured with an unusable address, key or timing."""
 
 

@@ -22,6 +22,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from junction.extproc.codec import NOOP_PROTO, encode_proto, proto_headers, proto_source
+from junction.extproc.errors import ExtProcError
 from junction.extproc.processor import Processor
 from junction.extproc.table import Decision
 
@@ -79,7 +80,8 @@ async def serve_grpc(
     options: Sequence[tuple[str, int]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server with the ext_proc service; returns it and its port (0:
-    a free one). ``reuse_port``: several worker processes share the port."""
+    a free one). ``reuse_port``: several worker processes share the port. Raises
+    :class:`~junction.extproc.errors.ExtProcError` if the port cannot be bound."""
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -94,8 +96,11 @@ async def serve_grpc(
         options=[("grpc.so_reuseport", 1 if reuse_port else 0), *options],
     )
     server.add_generic_rpc_handlers((handler,))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # newer grpc raises where older returned 0
+        raise ExtProcError(f"cannot bind the gRPC port {host}:{port}: {exc}") from exc
     if bound == 0:
-        raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        raise ExtProcError(f"cannot bind the gRPC port {host}:{port}")
     await server.start()
     return server, bound

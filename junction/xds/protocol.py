@@ -28,7 +28,7 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
-from junction.errors import JunctionError
+from junction.xds.errors import XdsError
 from junction.xds.events import (
     Ack,
     Connected,
@@ -93,7 +93,7 @@ __all__ = [
 # ---- errors -----------------------------------------------------------------------------
 
 
-class XdsProtocolError(JunctionError):
+class XdsProtocolError(XdsError):
     """The client broke the xDS protocol; the stream must end. Always the remote's fault."""
 
 

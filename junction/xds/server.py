@@ -28,8 +28,8 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 
-from junction.errors import JunctionError
 from junction.xds.cache import SnapshotCache, Watch
+from junction.xds.errors import XdsError
 from junction.xds.protocol import (
     Ack,
     Connected,
@@ -84,7 +84,7 @@ SERVICES: tuple[tuple[str, str, str, str | None], ...] = (
 )
 
 
-class XdsServerError(JunctionError):
+class XdsServerError(XdsError):
     """The xDS server could not start (e.g. the address cannot be bound)."""
 
 
