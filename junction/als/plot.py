@@ -40,7 +40,8 @@ def _bins(
 def canary_chart(
     path: str, events: Sequence[dict[str, Any]], timeline: Sequence[tuple[float, str, bool]]
 ) -> list[str]:
-    """Write the PNG; returns the services drawn (empty: no events, traffic only)."""
+    """Write the PNG; returns the services drawn (empty: no events, traffic only).
+    (Over 60 lines: one figure's layout, panel by panel, reads best in one place.)"""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -51,6 +51,7 @@ from junction.xds.protocol_state import (
     nonce_prefix,
     selection,
 )
+from junction.xds.records import Inflight
 from junction.xds.resources import (
     ADS_ORDER,
     CLUSTER,
@@ -60,7 +61,7 @@ from junction.xds.resources import (
     Snapshot,
     short_type,
 )
-from junction.xds.type_state import Inflight, StreamTypeState, TypeState
+from junction.xds.type_state import StreamTypeState, TypeState
 from junction.xds.view import View, compute_view
 
 __all__ = [

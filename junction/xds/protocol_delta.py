@@ -24,6 +24,8 @@ Rules followed (Envoy's *xDS REST and gRPC protocol*, "Incremental xDS"):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
@@ -34,8 +36,9 @@ from junction.xds.protocol import (
     StreamCore,
     Superseded,
 )
+from junction.xds.records import Inflight
 from junction.xds.resources import ENDPOINT, Resource, Snapshot, digest_versions
-from junction.xds.type_state import Inflight, StreamTypeState, TypeState
+from junction.xds.type_state import StreamTypeState, TypeState
 from junction.xds.view import View
 
 __all__ = ["DeltaStream"]
@@ -96,7 +99,6 @@ class DeltaStream(
                 return response
         available = view.of_type(t)
         wanted = available if st.sub.covers(available) else st.sub.select(available)
-        kept = view.kept_of(t)
         if t == ENDPOINT:
             st.resend(ts.rewarm_due(wanted.keys()))
             ts.rewarmed(wanted.keys())
@@ -111,26 +113,8 @@ class DeltaStream(
             and st.client == st.versions_of(wanted)
         ):
             return None  # the node has, or is being sent, exactly the target
-        updated = {
-            n: r
-            for n, r in wanted.items()
-            if st.client.get(n) != r.version and (n, r.version) not in ts.poisoned_resources
-        }
-        removed = {
-            n
-            for n in st.client
-            if n not in wanted and n not in kept and n not in ts.poisoned_removals
-        }
+        updated, removed, missing = _changes(ts, st, view, wanted)
         waiting = view.waiting_of(t)
-        missing = {
-            n
-            for n in st.sub.names
-            if n not in wanted
-            and n not in st.client
-            and n not in kept
-            and n not in waiting
-            and n not in st.reported_missing
-        }
         if st.sent_any and not (updated or removed or missing):
             return None
         if not st.sent_any and not st.client and not wanted and waiting:
@@ -164,6 +148,35 @@ class DeltaStream(
             ts, digest_versions(st.client), resend, remove, origin, events, restore=True
         )
         return _response(ts.type_url, inflight)
+
+
+def _changes(
+    ts: TypeState, st: StreamTypeState, view: View, wanted: Mapping[str, Resource]
+) -> tuple[dict[str, Resource], set[str], set[str]]:
+    """What a response must carry so the node holds ``wanted``: the resources it lacks at
+    their version (never a NACKed one), the names to remove (not what make-before-break
+    keeps, never a NACKed removal), and subscribed names that do not exist (once)."""
+    t = ts.type_url
+    kept = view.kept_of(t)
+    updated = {
+        n: r
+        for n, r in wanted.items()
+        if st.client.get(n) != r.version and (n, r.version) not in ts.poisoned_resources
+    }
+    removed = {
+        n for n in st.client if n not in wanted and n not in kept and n not in ts.poisoned_removals
+    }
+    waiting = view.waiting_of(t)
+    missing = {
+        n
+        for n in st.sub.names
+        if n not in wanted
+        and n not in st.client
+        and n not in kept
+        and n not in waiting
+        and n not in st.reported_missing
+    }
+    return updated, removed, missing
 
 
 def _known(ts: TypeState, snapshot: Snapshot | None) -> dict[str, Resource]:

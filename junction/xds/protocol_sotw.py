@@ -30,8 +30,9 @@ from junction.xds.protocol import (
     Superseded,
 )
 from junction.xds.protocol_state import selection, version_of
+from junction.xds.records import Inflight
 from junction.xds.resources import ENDPOINT, Resource, Snapshot
-from junction.xds.type_state import Inflight, StreamTypeState, TypeState
+from junction.xds.type_state import StreamTypeState, TypeState
 from junction.xds.view import View
 
 __all__ = ["SotwStream"]

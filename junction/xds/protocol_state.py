@@ -18,16 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from junction.xds.events import StreamKind
+from junction.xds.records import WILDCARD, WILDCARD_TYPES, Inflight, NackInfo, Subscription
 from junction.xds.resources import ADS_ORDER, Resource, digest_versions, short_type
-from junction.xds.type_state import (
-    WILDCARD,
-    WILDCARD_TYPES,
-    Inflight,
-    NackInfo,
-    StreamTypeState,
-    Subscription,
-    TypeState,
-)
+from junction.xds.type_state import StreamTypeState, TypeState
 from junction.xds.view import Holding, ViewMemo
 
 __all__ = [

@@ -184,6 +184,12 @@ class XdsServicer:
         requests: AsyncIterator[object],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Any]:
+        """One xDS RPC: requests and wake-ups in, the core's responses out.
+
+        Longer than 60 lines on purpose: the stream's queue, reader task, cache watch and
+        core are created, used and released in one try/finally, which splitting would
+        spread over functions that each hold half of that lifetime.
+        """
         core: StreamCore[Any, Any] = (
             DeltaStream(self.cache.registry, type_url)
             if delta

@@ -26,71 +26,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from junction.xds.events import Ack, Event, Nack, Sent, Subscribed, Unsubscribed
-from junction.xds.resources import CLUSTER, LISTENER, Resource, digest_versions
+from junction.xds.records import (
+    POISON_MAX,
+    WILDCARD,
+    WILDCARD_TYPES,
+    Inflight,
+    NackInfo,
+    Subscription,
+)
+from junction.xds.resources import Resource, digest_versions
 from junction.xds.view import Holding, eds_name
 
-__all__ = [
-    "WILDCARD",
-    "WILDCARD_TYPES",
-    "Inflight",
-    "NackInfo",
-    "StreamTypeState",
-    "Subscription",
-    "TypeState",
-]
-
-#: Types whose empty initial subscription means "everything" (xDS protocol, "How the
-#: client specifies what resources to return": legacy wildcard; Envoy uses it for both).
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-WILDCARD = "*"
-_POISON_MAX = 32
-
-
-@dataclass(frozen=True, slots=True)
-class NackInfo:
-    version: str
-    nonce: str
-    error_detail: str
-    at: float
-    origin: str
-    config_version: str
-
-
-@dataclass
-class Subscription:
-    """What a stream asked for of one type: wildcard and/or explicit names."""
-
-    wildcard: bool = False
-    #: No name was ever given: an empty list still means wildcard (CDS/LDS only).
-    legacy: bool = True
-    names: set[str] = field(default_factory=set)
-
-    def select(self, resources: Mapping[str, Resource]) -> dict[str, Resource]:
-        if self.wildcard:
-            return dict(resources)
-        return {n: resources[n] for n in sorted(self.names) if n in resources}
-
-    def covers(self, resources: Mapping[str, Resource]) -> bool:
-        """Does :meth:`select` give all of ``resources``? (Then a snapshot's mapping and its
-        type version can be used as they are: no copy, no rehash of the whole type.)"""
-        return self.wildcard or self.names.issuperset(resources.keys())
-
-    @property
-    def active(self) -> bool:
-        return self.wildcard or bool(self.names)
-
-
-@dataclass(frozen=True)
-class Inflight:
-    """The latest response of one type on a stream, until it is ACKed or NACKed."""
-
-    nonce: str
-    version: str
-    resources: dict[str, Resource]
-    removed: tuple[str, ...]
-    origin: str
-    config_version: str
-    restore: bool
+__all__ = ["StreamTypeState", "TypeState"]
 
 
 @dataclass
@@ -457,7 +404,7 @@ class TypeState:
         )
         if inflight.version not in self.poisoned_versions:
             self.poisoned_versions.append(inflight.version)
-            del self.poisoned_versions[:-_POISON_MAX]
+            del self.poisoned_versions[:-POISON_MAX]
         if not inflight.restore:
             if delta:
                 self._nacked_delta(st, inflight)
