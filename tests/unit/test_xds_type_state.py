@@ -13,8 +13,9 @@ from xds_snapshots import snapshot
 
 from junction.xds.events import Ack, Nack, Sent, StaleNonce, Subscribed, Unsubscribed
 from junction.xds.protocol import Output
+from junction.xds.records import Inflight
 from junction.xds.resources import CLUSTER, ENDPOINT, ROUTE, Resource, digest_versions
-from junction.xds.type_state import Inflight, TypeState
+from junction.xds.type_state import TypeState
 from junction.xds.view import compute_view
 
 XDS = Path(__file__).resolve().parents[2] / "junction" / "xds"
