@@ -9,14 +9,16 @@ was sent) change only through their named transitions below (:meth:`TypeState.cl
 protocol cores (``protocol*.py``) read the fields and call the transitions; they never
 write a field (``tests/unit/test_xds_type_state.py`` checks their source for that).
 
-Two fast paths rest on object identity, on purpose and only here:
+The hot path's shortcuts are explicit here (and tested there):
 
 - :meth:`TypeState.held_token` is a generation number bumped by every transition that
   changes what the node holds (:meth:`TypeState.holding`): equal tokens mean the view
-  computed from it still stands (one view per pump instead of one per type).
+  computed from it still stands (one view per pump instead of one per type). It replaced a
+  token of ``id()``s, which a change made in place would not have shown.
 - :meth:`StreamTypeState.versions_of` remembers ``name -> version`` of the last target
-  mapping by identity: a snapshot's mappings are immutable (see
-  :meth:`junction.xds.resources.Snapshot.owns`), so the same object has the same versions.
+  mapping by identity: a snapshot's mappings are immutable, so the same object has the
+  same versions (:meth:`junction.xds.resources.Snapshot.owns` is the same rule, for
+  reusing a snapshot's type version instead of rehashing).
 """
 
 from __future__ import annotations
