@@ -252,6 +252,11 @@ class _Endpoint:
     def describe(self, exc: BaseException) -> str:
         """A one-line message for a failed read, naming the address."""
         where = f"consul at {self.address}"
+        # Before ClientConnectorError (their base): Consul is reachable, TLS is the problem.
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return f"{where} presented a certificate that is not trusted: {exc.certificate_error}"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"{where}: the TLS handshake failed: {exc.os_error}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             return f"{where} is unreachable: {exc.os_error.strerror or exc.os_error}"
         if isinstance(exc, asyncio.TimeoutError):
@@ -266,10 +271,14 @@ class _Endpoint:
 
 
 def _index(raw: Any) -> int:
+    # Consul's index is a uint64; a negative one would read as "went backwards" forever.
     try:
-        return int(raw)
+        index = int(raw)
     except (TypeError, ValueError):
-        raise _BadResponse(f"X-Consul-Index {raw!r} is not an integer") from None
+        index = -1
+    if index < 0:
+        raise _BadResponse(f"X-Consul-Index {raw!r} is not a non-negative integer")
+    return index
 
 
 async def _poll(
@@ -369,6 +378,11 @@ class ConsulConfig(ConfigSource):
 
         try:
             await _poll(endpoint, fetch, on_data, on_error)
+        except Exception as exc:
+            # A bug, not a Consul problem (those are retried): say so, as the catalog does.
+            log.error("consul config loop died", exc_info=exc)
+            sink.source_error(self.origin, f"internal error: {exc!r}")
+            raise
         finally:
             await client.close()
 

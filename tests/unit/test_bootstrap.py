@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -90,7 +90,12 @@ def test_no_deprecated_field_or_enum_value_is_used(delta: bool) -> None:
                 assert not field.enum_type.values_by_number[number].GetOptions().deprecated, where
     assert seen > 50  # the walk reached into the clusters and their Any options
     # And the JSON Envoy reads is that message (proto3 JSON, camelCase, nothing unknown).
-    assert json_format.ParseDict(bootstrap(opts(delta=delta, zone="zone-a", region="r1")), bootstrap_pb2.Bootstrap()) == message
+    assert (
+        json_format.ParseDict(
+            bootstrap(opts(delta=delta, zone="zone-a", region="r1")), bootstrap_pb2.Bootstrap()
+        )
+        == message
+    )
 
 
 def test_node_identity_and_locality() -> None:
@@ -132,7 +137,10 @@ def test_three_static_http2_grpc_clusters_on_loopback() -> None:
 def test_extproc_http_cluster_is_http1() -> None:
     cluster = clusters(bootstrap(opts(extproc_http_port=7003)))[EXTPROC_HTTP_CLUSTER]
     sock = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
-    assert (sock["socketAddress"]["address"], sock["socketAddress"]["portValue"]) == ("127.0.0.1", 7003)
+    assert (sock["socketAddress"]["address"], sock["socketAddress"]["portValue"]) == (
+        "127.0.0.1",
+        7003,
+    )
     options = cluster["typedExtensionProtocolOptions"][HTTP_OPTIONS]
     assert options["explicitHttpConfig"] == {"httpProtocolOptions": {}}
     assert options["commonHttpProtocolOptions"] == {"idleTimeout": "30s"}
@@ -156,9 +164,9 @@ def test_custom_hosts_and_ports() -> None:
     )  # fmt: skip
 
     def addr(name: str) -> tuple[str, int]:
-        sock = got[name]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"][
-            "address"
-        ]["socketAddress"]
+        sock = got[name]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"][
+            "socketAddress"
+        ]
         return sock["address"], sock["portValue"]
 
     assert addr(XDS_CLUSTER) == ("10.0.0.5", 18000)
@@ -168,8 +176,14 @@ def test_custom_hosts_and_ports() -> None:
 
 def test_als_and_extproc_can_be_omitted() -> None:
     no_http = {"extproc_http_port": None}
-    assert list(clusters(bootstrap(opts(als_port=None, **no_http)))) == [XDS_CLUSTER, EXTPROC_CLUSTER]
-    assert list(clusters(bootstrap(opts(extproc_port=None, **no_http)))) == [XDS_CLUSTER, ALS_CLUSTER]
+    assert list(clusters(bootstrap(opts(als_port=None, **no_http)))) == [
+        XDS_CLUSTER,
+        EXTPROC_CLUSTER,
+    ]
+    assert list(clusters(bootstrap(opts(extproc_port=None, **no_http)))) == [
+        XDS_CLUSTER,
+        ALS_CLUSTER,
+    ]
     assert list(clusters(bootstrap(opts(als_port=None, extproc_port=None, **no_http)))) == [
         XDS_CLUSTER
     ]
