@@ -137,15 +137,9 @@ async def test_bad_config_keeps_the_last_good_one(parts) -> None:  # type: ignor
         await asyncio.sleep(0.3)
     assert len(cache.snapshots) == 1
     error = publisher.status()["config"]["last_error"]
-    assert (
-        "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100"
-        in error["message"]
-    )
+    assert "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100" in error["message"]
     assert publisher.status()["sources"]["c.yaml"]["ok"] is False
-    assert publisher.config is not None and publisher.config.cluster_names() == (
-        "web-api-go",
-        "web-api-perl",
-    )
+    assert publisher.config is not None and publisher.config.cluster_names() == ("web-api-go", "web-api-perl")
 
 
 async def test_reverting_to_the_good_text_clears_the_error(parts) -> None:  # type: ignore[no-untyped-def]
