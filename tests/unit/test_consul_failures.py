@@ -303,3 +303,13 @@ async def test_an_untrusted_certificate_is_a_named_error(tls: tuple[ssl.SSLConte
         assert "CERTIFICATE_VERIFY_FAILED" in message
         assert sink.texts == []
         assert double.request_count() == 0  # the handshake failed before any request
+
+
+async def test_https_to_a_plain_http_consul_is_a_named_error(double: ConsulDouble) -> None:
+    sink = RecordingSink()
+    address = f"https://{double.address}"
+    async with running(ConsulConfig(address, KEY, timing=FAST), sink):
+        await eventually(lambda: bool(sink.errors), BOUND)
+    message = sink.errors[0][1]
+    assert message.startswith(f"consul at {address}: the TLS handshake failed: "), message
+    assert sink.texts == []
