@@ -52,6 +52,9 @@ versions:
         max-error-rate: 0.05
         # Loaded CI machines make latency noisy: judge p99 only on large differences.
         p99-slack: 500
+# A generous message timeout: on 2 loaded cores the decision worker can miss the 0.2 s
+# default, and a pinned request would then fail open onto the plain (rolled-back) route.
+decision: {{timeout: 2}}
 {experiments}"""
 
 EXPERIMENT = """\
