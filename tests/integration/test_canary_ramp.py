@@ -150,8 +150,10 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
         pinned = await drive(
             listener, "/api/x", count=40, concurrency=4, headers={"x-junction-version": "go"}
         )
-        assert pinned.failures == 0, (pinned.statuses, pinned.errors[:3])
-        assert pinned.services == {"web-api-go": 40}
+        # Its failures are the candidate's own 500s (error_rate 0.2, answered by web-api-go
+        # itself): no transport error, no Envoy-made failure, every answer from it.
+        assert pinned.errors == [] and set(pinned.statuses) <= {200, 500}, pinned
+        assert pinned.services == {"web-api-go": 40}, pinned
         status = await j.status()
         assert status["canary"]["services"]["web-api"]["state"]["phase"] == "rolled_back"
 
