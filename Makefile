@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration lint clean
+.PHONY: run test unit integration lint clean coverage
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,21 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+## coverage: every test under coverage.py, subprocesses included ([tool.coverage] in
+## pyproject.toml); the summary is printed, htmlcov/ has the detail. ARGS: pytest's.
+coverage: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider $(ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
+	$(BIN)/coverage html -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check junction tests loadtest examples
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .coverage .coverage.* htmlcov
 
 ## loadtest: one Locust scenario and its report (results in loadtest/results/); e.g.
 ##   make loadtest SCENARIO=canary DURATION=60

@@ -89,8 +89,9 @@ class EnvoyProcess:
         config.write_text(json.dumps(self._bootstrap, indent=2))
         admin_file = work / "admin-address"
         log_file = self._log_path or work / "envoy.log"
+        binary = envoy_binary()
         args = [
-            envoy_binary(),
+            binary,
             "-c", str(config),
             "--use-dynamic-base-id",
             "--admin-address-path", str(admin_file),
@@ -101,13 +102,17 @@ class EnvoyProcess:
             "--parent-shutdown-time-s", "2",
             *self._extra_args,
         ]  # fmt: skip
-        self._proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:  # not there, not executable, not a binary for this machine
+            await self.stop()
+            raise EnvoyError(f"cannot run Envoy {binary}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:

@@ -31,8 +31,12 @@ parameters, not in the body where Consul documents it),
 :meth:`~ConsulDouble.restore` (indexes go backwards, blocked queries return),
 :meth:`~ConsulDouble.stop_serving` / :meth:`~ConsulDouble.start_serving` (the port closes and
 in-flight requests are dropped; state survives; the same port is reused),
-:meth:`~ConsulDouble.fail_requests` (e.g. ``500 No cluster leader`` to every request) and
-:attr:`~ConsulDouble.requests` (every request received, failed ones included).
+:meth:`~ConsulDouble.fail_requests` (e.g. ``500 No cluster leader`` to every request),
+:meth:`~ConsulDouble.stall_requests` (accepted, never answered: a hung agent),
+:meth:`~ConsulDouble.rewrite_responses` (e.g. a malformed ``X-Consul-Index`` or body),
+:meth:`~ConsulDouble.require_token` (ACLs with a default policy of deny: 403 without the
+token) and :attr:`~ConsulDouble.requests` (every request received, failed ones included).
+``host`` (``"::1"`` for IPv6) and ``ssl_context`` (HTTPS) choose how it listens.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,6 +60,7 @@ DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 MAX_VALUE = 512 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Rewrite = Callable[[web.Request, web.StreamResponse], web.StreamResponse]
 
 
 @dataclass(frozen=True)
@@ -85,21 +91,30 @@ class ConsulDouble:
         node: str = "consul-double",
         node_address: str = "127.0.0.1",
         node_meta: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node = node
         self.state = ConsulState(node, node_address, node_meta)
         #: Every request received, in order (including those answered by fail_requests).
         self.requests: list[RequestRecord] = []
+        self._host = host
+        self._ssl = ssl_context
         self._port = 0
         self._runner: web.AppRunner | None = None
         self._failure: tuple[int, str] | None = None
+        self._stalled: asyncio.Event | None = None
+        self._rewrite: Rewrite | None = None
+        self._token: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``, as Junction's ``--consul-addr`` takes it."""
-        return f"127.0.0.1:{self._port}"
+        """``HOST:PORT`` (``[::1]:PORT`` for IPv6), as Junction's ``--consul-addr`` takes it;
+        with ``https://`` first when serving TLS."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{'https://' if self._ssl else ''}{host}:{self._port}"
 
     @property
     def port(self) -> int:
@@ -123,7 +138,7 @@ class ConsulDouble:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.05)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", self._port).start()
+            await web.TCPSite(runner, self._host, self._port, ssl_context=self._ssl).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -140,8 +155,28 @@ class ConsulDouble:
         """Answer every request with ``status`` and ``body`` until :meth:`serve_normally`."""
         self._failure = (status, body)
 
+    def stall_requests(self) -> None:
+        """Accept every new request and never answer it (a hung agent), until
+        :meth:`serve_normally`."""
+        self._stalled = asyncio.Event()
+
+    def rewrite_responses(self, rewrite: Rewrite) -> None:
+        """Pass every response through ``rewrite(request, response)`` until
+        :meth:`serve_normally` (e.g. to send a malformed ``X-Consul-Index``)."""
+        self._rewrite = rewrite
+
+    def require_token(self, token: str | None) -> None:
+        """ACLs enabled with a default policy of deny: a request without ``token`` in
+        ``X-Consul-Token`` (or ``?token=``) gets 403 ``Permission denied``, as Consul answers
+        (api-docs/api-structure#authentication). None turns ACLs off again."""
+        self._token = token
+
     def serve_normally(self) -> None:
         self._failure = None
+        self._rewrite = None
+        if self._stalled is not None:
+            self._stalled.set()  # the held requests go on (their clients may be gone)
+            self._stalled = None
 
     def request_count(self, path_prefix: str = "/") -> int:
         return sum(1 for r in self.requests if r.path.startswith(path_prefix))
@@ -215,14 +250,23 @@ class ConsulDouble:
         self.requests.append(RequestRecord(request.method, request.path, dict(request.query)))
         if self._failure is not None:
             return web.Response(status=self._failure[0], text=self._failure[1])
+        if self._stalled is not None:
+            await self._stalled.wait()
+        response: web.StreamResponse
         try:
+            token = request.headers.get("X-Consul-Token") or request.query.get("token")
+            if self._token is not None and token != self._token:
+                raise ApiError(403, "Permission denied")
             if request.query.get("dc", DATACENTER) != DATACENTER:
                 raise ApiError(500, "No path to datacenter")
             if "filter" in request.query:
                 raise ApiError(400, "ConsulDouble does not implement filter expressions")
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
-            return web.Response(status=exc.status, text=exc.message)
+            response = web.Response(status=exc.status, text=exc.message)
+        # Read after the handler: a blocking query held across the switch gets it too.
+        rewrite = self._rewrite
+        return rewrite(request, response) if rewrite is not None else response
 
     def _routes(self, app: web.Application) -> None:
         r = app.router

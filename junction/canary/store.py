@@ -167,8 +167,13 @@ class FileStateStore(StateStore):
                     return False
                 body = orjson.dumps({"index": max(held, 0) + 1, "state": state.to_json()})
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(body)
-                os.replace(tmp, path)
+                try:
+                    tmp.write_bytes(body)
+                    os.replace(tmp, path)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()  # no half-written file left behind (e.g. disk full)
+                    raise
         except OSError as exc:
             raise StoreError(f"{path}: cannot write: {exc.strerror}") from None
         return True

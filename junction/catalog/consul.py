@@ -179,6 +179,11 @@ class ConsulConfig(ConfigSource):
 
         try:
             await _poll(endpoint, fetch, on_data, on_error)
+        except Exception as exc:
+            # A bug, not a Consul problem (those are retried): say so, as the catalog does.
+            log.error("consul config loop died", exc_info=exc)
+            sink.source_error(self.origin, f"internal error: {exc!r}")
+            raise
         finally:
             await client.close()
 

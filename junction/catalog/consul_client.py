@@ -229,6 +229,11 @@ class ConsulEndpoint:
     def describe(self, exc: BaseException) -> str:
         """A one-line message for a failed read, naming the address."""
         where = f"consul at {self.address}"
+        # Before ClientConnectorError (their base): Consul is reachable, TLS is the problem.
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return f"{where} presented a certificate that is not trusted: {exc.certificate_error}"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"{where}: the TLS handshake failed: {exc.os_error}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             return f"{where} is unreachable: {exc.os_error.strerror or exc.os_error}"
         if isinstance(exc, asyncio.TimeoutError):
@@ -244,7 +249,11 @@ class ConsulEndpoint:
 
 def parse_index(raw: Any) -> int:
     """An ``X-Consul-Index`` header as an int (a bad one is a transient bad response)."""
+    # Consul's index is a uint64; a negative one would read as "went backwards" forever.
     try:
-        return int(raw)
+        index = int(raw)
     except (TypeError, ValueError):
-        raise BadResponse(f"X-Consul-Index {raw!r} is not an integer") from None
+        index = -1
+    if index < 0:
+        raise BadResponse(f"X-Consul-Index {raw!r} is not a non-negative integer")
+    return index

@@ -7,6 +7,7 @@ stops them. Both xDS variants (state-of-the-world and delta ADS) run the core sc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import eventually
+from conftest import eventually, until
 from harness import Junction, Tally, drive, free_port, junction_up, post, upstreams
 
 pytestmark = pytest.mark.slow
@@ -172,20 +173,35 @@ async def test_instances_added_and_removed_without_failed_requests(stack: Stack)
     load = asyncio.create_task(
         drive(stack.listener, "/api/x", count=100_000, duration=30, stop=stop, tally=background)
     )
+    new, gone = stack.ports["perl3"], stack.ports["perl2"]
     try:
-        new = stack.ports["perl3"]
         stack.write_instances(stack.instances_yaml(perl=[stack.ports["perl1"], new]))
-        await eventually(lambda: background.ports[str(new)] > 0, timeout=5)
-        removed_at = sum(background.statuses.values())
-        before = background.ports[str(stack.ports["perl2"])]
-        # perl2 left the file: after the change lands it gets no new requests.
-        await asyncio.sleep(1.5)
-        assert background.ports[str(stack.ports["perl2"])] == before
-        assert sum(background.statuses.values()) > removed_at  # traffic kept flowing
+        await eventually(lambda: background.ports[str(new)] > 0, timeout=30)
+        # Envoy has taken perl2 out (EDS applied; the cluster ignores health on removal).
+        await until(
+            lambda: perl_ports(stack), lambda ports: ports == {stack.ports["perl1"], new}
+        )
+        served = sum(background.statuses.values())
+        await eventually(lambda: sum(background.statuses.values()) > served + 50, timeout=30)
     finally:
         stop.set()
-        await load
+        await load  # quiescence: no request of the changing period is still in flight
     assert background.failures == 0, (background.statuses, background.errors[:3])
+    # Now that nothing is in flight, every new request avoids perl2.
+    after = await drive(stack.listener, "/api/x", count=300)
+    assert after.failures == 0, after
+    assert str(gone) not in after.ports and after.ports[str(new)] > 0, after.ports
+
+
+async def perl_ports(stack: Stack) -> set[int]:
+    """The web-api-perl hosts Envoy currently has (admin /clusters)."""
+    clusters = await stack.junction.envoy_admin("/clusters?format=json")
+    return {
+        host["address"]["socket_address"]["port_value"]
+        for cluster in clusters["cluster_statuses"]
+        if cluster["name"] == "web-api-perl"
+        for host in cluster.get("host_statuses", [])
+    }
 
 
 async def test_bad_config_keeps_last_good_serving(stack: Stack) -> None:
@@ -207,14 +223,33 @@ async def test_bad_config_keeps_last_good_serving(stack: Stack) -> None:
     assert "route.cluster.web-api-go.weight: must be an integer 0..100" in error
     assert str(stack.config_path) in error
     assert after["snapshot"]["version"] == before["snapshot"]["version"]  # nothing pushed
-    tally = await drive(stack.listener, "/api/x", count=100)
-    assert tally.failures == 0
-    assert "web-api-go" in tally.services or tally.services["web-api-perl"] == 100
+    # The last good 90/10 split still serves: Envoy's route has those weights...
+    assert await route_weights(stack.junction) == {"web-api-perl": 90, "web-api-go": 10}
+    # ...and traffic follows them (10% of 1000: mean 100, sd ~9.5; five sd either side; the
+    # rejected 110/90 would send ~55% to web-api-go).
+    tally = await drive(stack.listener, "/api/x", count=1000, concurrency=16)
+    assert tally.failures == 0, tally
+    assert 52 <= tally.services["web-api-go"] <= 148, tally.services
+    assert tally.services["web-api-perl"] == 1000 - tally.services["web-api-go"]
     # Fixing it clears the error.
     stack.write_config(CONFIG.format(listener=stack.listener))
     while (await stack.junction.status())["config"]["last_error"] is not None:
         assert loop.time() < deadline + 5
         await asyncio.sleep(0.05)
+
+
+async def route_weights(junction: Junction) -> dict[str, int]:
+    """The weighted clusters of Envoy's /api route, from its admin config dump."""
+    dump = json.loads(await junction.envoy_admin("/config_dump?resource=dynamic_route_configs"))
+    weights: dict[str, int] = {}
+    for config in dump["configs"]:
+        for vhost in config["route_config"].get("virtual_hosts", []):
+            for route in vhost.get("routes", []):
+                if route["match"].get("prefix") != "/api":
+                    continue
+                for c in route["route"].get("weighted_clusters", {}).get("clusters", []):
+                    weights[c["name"]] = int(c["weight"])
+    return weights
 
 
 async def test_moving_a_prefix_to_a_new_cluster_is_make_before_break(stack: Stack) -> None:
@@ -284,7 +319,10 @@ async def eventually_status(
         await asyncio.sleep(0.05)
 
 
-async def test_envoy_nack_is_recorded_and_previous_version_stays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["sotw", "delta"])
+async def test_envoy_nack_is_recorded_and_previous_version_stays(
+    tmp_path: Path, variant: str
+) -> None:
     """A listener port Envoy cannot bind passes our checks but Envoy rejects it (NACK)."""
     listener = free_port()
     port = free_port()
@@ -299,10 +337,15 @@ async def test_envoy_nack_is_recorded_and_previous_version_stays(tmp_path: Path)
     try:
         async with (
             upstreams([("web-api-go", port)]),
-            junction_up(tmp_path, config, instances, listener_port=listener) as junction,
-        ):
+            junction_up(
+                tmp_path, config, instances, listener_port=listener,
+                extra=["--delta"] if variant == "delta" else [],
+            ) as junction,
+        ):  # fmt: skip
             await junction.wait_acked()
             await eventually_status(junction, 200)
+            streams = (await junction.status())["nodes"][0]["streams"]
+            assert streams == [f"{variant}/ads"], streams
             busy_port = busy.getsockname()[1]
             config.write_text(
                 f"listener: {{listen: {{address: 127.0.0.1, port: {busy_port}}}}}\n{body}"

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format, symbol_database
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from junction.errors import JunctionError
 from junction.xds.bootstrap import (
@@ -48,10 +51,51 @@ def test_matches_golden_file() -> None:
     assert json.loads(got) == json.loads(GOLDEN.read_text())
 
 
-def test_round_trips_through_the_bootstrap_proto() -> None:
-    doc = bootstrap(opts())
-    parsed = json_format.ParseDict(doc, bootstrap_pb2.Bootstrap())
-    assert parsed == bootstrap_message(opts())
+def set_fields(message: Message, path: str = "") -> Iterator[tuple[str, FieldDescriptor, Any]]:
+    """Every field set anywhere in ``message``, packed ``Any`` payloads included."""
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        any_message = cast(any_pb2.Any, message)
+        inner = symbol_database.Default().GetSymbol(any_message.TypeName())()
+        assert any_message.Unpack(inner), any_message.type_url
+        yield from set_fields(inner, f"{path}<{any_message.TypeName()}>")
+        return
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        yield where, field, value
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            values = list(value.values())
+        elif field.is_repeated:
+            values = list(value)
+        else:
+            values = [value]
+        for item in values:
+            if isinstance(item, Message):
+                yield from set_fields(item, where)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_no_deprecated_field_or_enum_value_is_used(delta: bool) -> None:
+    # Envoy rejects deprecated v3 fields by default once their runtime guard flips
+    # (docs: "Runtime > Deprecated"); the bootstrap, Any payloads included, uses none.
+    message = bootstrap_message(opts(delta=delta, zone="zone-a", region="r1"))
+    seen = 0
+    for where, field, value in set_fields(message):
+        seen += 1
+        assert not field.GetOptions().deprecated, where
+        if field.enum_type is not None:
+            numbers = value if field.is_repeated else [value]
+            for number in numbers:
+                assert not field.enum_type.values_by_number[number].GetOptions().deprecated, where
+    assert seen > 50  # the walk reached into the clusters and their Any options
+    # And the JSON Envoy reads is that message (proto3 JSON, camelCase, nothing unknown).
+    assert (
+        json_format.ParseDict(
+            bootstrap(opts(delta=delta, zone="zone-a", region="r1")), bootstrap_pb2.Bootstrap()
+        )
+        == message
+    )
 
 
 def test_node_identity_and_locality() -> None:

@@ -1,4 +1,9 @@
-"""The publisher: last good config kept, changes coalesced, new clusters wait for instances."""
+"""The publisher: last good config kept, changes coalesced, new clusters wait for instances.
+
+The tests that run the publisher's loop run on virtual time (:mod:`virtual_time`), with the
+loop's clock injected as the publisher's: settle, min_interval and the catalog grace are
+then exact, whatever the load of the machine, and the tests can assert on them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import eventually
+from virtual_time import on_virtual_time
 
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, SourceSink
@@ -26,14 +32,21 @@ GO = (Instance("127.0.0.1", 9001),)
 PERL = (Instance("127.0.0.1", 9002), Instance("127.0.0.1", 9003))
 
 
+def now() -> float:
+    """The running loop's clock: virtual time in the tests that run the publisher."""
+    return asyncio.get_running_loop().time()
+
+
 class RecordingCache:
-    """Stands in for the snapshot cache: records every snapshot handed on."""
+    """Stands in for the snapshot cache: records every snapshot handed on, and when."""
 
     def __init__(self) -> None:
         self.snapshots: list[Snapshot] = []
+        self.times: list[float] = []
 
     def set(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
+        self.times.append(now())
 
 
 class RecordingCatalog(CatalogSource):
@@ -65,9 +78,16 @@ async def running(publisher: Publisher) -> AsyncIterator[None]:
 @pytest.fixture
 def parts() -> tuple[Publisher, RecordingCache, RecordingCatalog]:
     cache, catalog = RecordingCache(), RecordingCatalog()
-    return Publisher(cache, catalog, settle=0.01, min_interval=0.1, catalog_grace=1.0), cache, catalog
+    publisher = Publisher(
+        cache, catalog, settle=SETTLE, min_interval=MIN_INTERVAL, catalog_grace=GRACE, clock=now
+    )
+    return publisher, cache, catalog
 
 
+SETTLE, MIN_INTERVAL, GRACE = 0.01, 0.1, 1.0
+
+
+@on_virtual_time
 async def test_publishes_when_config_and_instances_are_known(parts) -> None:  # type: ignore[no-untyped-def]
     publisher, cache, catalog = parts
     async with running(publisher):
@@ -85,14 +105,27 @@ async def test_publishes_when_config_and_instances_are_known(parts) -> None:  # 
     assert publisher.status()["config"]["last_error"] is None
 
 
+@on_virtual_time
 async def test_missing_instances_published_after_grace(parts) -> None:  # type: ignore[no-untyped-def]
     publisher, cache, _ = parts
     async with running(publisher):
         publisher.config_text("c.yaml", CONFIG)
+        configured = now()
         publisher.instances("web-api-go", GO)
         await eventually(lambda: len(cache.snapshots) == 1, timeout=5)
+    # Held for the whole grace (the catalog never reported web-api-perl), then published
+    # with the cluster in place and no endpoints for it.
+    assert cache.times[0] - configured >= GRACE
+    (snap,) = cache.snapshots
+    assert set(snap.of_type(CLUSTER)) == {"web-api-go", "web-api-perl"}
+    endpoints = snap.of_type(ENDPOINT)
+    assert [
+        e.lb_endpoints for e in endpoints["web-api-perl"].message.endpoints if e.lb_endpoints
+    ] == []
+    assert len(endpoints["web-api-go"].message.endpoints[0].lb_endpoints) == 1
 
 
+@on_virtual_time
 async def test_bad_config_keeps_the_last_good_one(parts) -> None:  # type: ignore[no-untyped-def]
     publisher, cache, _ = parts
     async with running(publisher):
@@ -119,6 +152,7 @@ async def test_reverting_to_the_good_text_clears_the_error(parts) -> None:  # ty
     assert publisher.status()["sources"]["c.yaml"]["ok"] is True
 
 
+@on_virtual_time
 async def test_flapping_instance_is_coalesced(parts) -> None:  # type: ignore[no-untyped-def]
     publisher, cache, _ = parts
     async with running(publisher):
@@ -126,27 +160,29 @@ async def test_flapping_instance_is_coalesced(parts) -> None:  # type: ignore[no
         publisher.instances("web-api-go", GO)
         publisher.instances("web-api-perl", PERL)
         await eventually(lambda: len(cache.snapshots) == 1)
-        flaps = 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while loop.time() < deadline and flaps < 400:
-            health = Health.UNHEALTHY if flaps % 2 == 0 else Health.HEALTHY
+        start = now()
+        flaps = 500  # one every 2 ms for a second (of virtual time)
+        for flap in range(flaps):
+            health = Health.UNHEALTHY if flap % 2 == 0 else Health.HEALTHY
             publisher.instances("web-api-go", (Instance("127.0.0.1", 9001, health=health),))
-            flaps += 1
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)
-    assert flaps > 100
-    # At most one publish per min_interval (0.1 s) over ~1.3 s, not one per flap.
-    assert 2 <= len(cache.snapshots) <= 16, len(cache.snapshots)
+        elapsed = now() - start
+    assert elapsed == pytest.approx(flaps * 0.002 + 0.3)
+    # Two publishes are at least min_interval apart: a few per second, not one per flap.
+    gaps = [b - a for a, b in zip(cache.times, cache.times[1:], strict=False)]
+    assert min(gaps) >= MIN_INTERVAL - 1e-9, gaps
+    assert 2 <= len(cache.snapshots) <= 2 + elapsed / MIN_INTERVAL, len(cache.snapshots)
     # The last published state is the last reported one.
     last = cache.snapshots[-1].of_type(ENDPOINT)["web-api-go"].message
-    expected = "HEALTHY" if flaps % 2 == 0 else "UNHEALTHY"
+    expected = "UNHEALTHY" if (flaps - 1) % 2 == 0 else "HEALTHY"
     from envoy.config.core.v3 import health_check_pb2
 
     status = last.endpoints[0].lb_endpoints[0].health_status
     assert health_check_pb2.HealthStatus.Name(status) == expected
 
 
+@on_virtual_time
 async def test_unchanged_rebuild_is_not_published(parts) -> None:  # type: ignore[no-untyped-def]
     publisher, cache, _ = parts
     async with running(publisher):
