@@ -239,7 +239,8 @@ def test_incremental_translation_equals_a_full_translation() -> None:
     assert incremental.translate(other, catalog).version == translate(other, catalog).version
 
 
-def test_on_publish_is_told_every_publish_step() -> None:
+async def test_on_publish_is_told_every_publish_step() -> None:
+    # async: RecordingCache reads the running loop's clock.
     cache = RecordingCache()
     steps: list[PublishTiming] = []
     publisher = Publisher(cache, on_publish=steps.append)
