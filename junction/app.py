@@ -20,6 +20,8 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from junction.als.logger import AccessLogOptions, with_access_log
 from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
@@ -31,6 +33,10 @@ from junction.config.model import Config
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
+from junction.metrics.als import AlsMetrics
+from junction.metrics.canary import CanaryMetrics
+from junction.metrics.http import metrics_route
+from junction.metrics.xds import XdsMetrics
 from junction.status import StatusServer
 from junction.tasks import cancel_all
 from junction.xds.bootstrap import BootstrapOptions, bootstrap
@@ -118,12 +124,22 @@ class ControlPlane:
         settings.check()
         self.settings = settings
         self.cache = SnapshotCache()
+        # GET /metrics on the admin port (junction.metrics): one registry per process.
+        self.metrics = CollectorRegistry()
+        self.xds_metrics = XdsMetrics(
+            self.metrics, status=lambda: self.publisher.status(), nodes=self.cache.nodes
+        )
         self.catalog_source = settings.catalog_source()
         self.config_source = settings.config_source()
         options = (
             with_access_log(DEFAULT_OPTIONS, settings.access_log) if settings.access_log else None
         )
-        self.publisher = Publisher(self.cache, self.catalog_source, options=options)
+        self.publisher = Publisher(
+            self.cache,
+            self.catalog_source,
+            options=options,
+            on_publish=self.xds_metrics.observe_publish,
+        )
         self.envoy: EnvoyProcess | None = None
         # Canary states: read by the publisher (route weights) and /canary; written by the
         # controller (in self.als) and the operator's commands, always through the store.
@@ -143,10 +159,17 @@ class ControlPlane:
             else None
         )
         sections = {"canary": self.canary.status}
-        routes = [self.canary.add_routes]
+        routes = [self.canary.add_routes, metrics_route(self.metrics)]
+        controller = self.als.controller if self.als is not None else None
+        CanaryMetrics(
+            self.metrics,
+            states=lambda: self.canary_board.states,
+            decisions=(lambda: controller.decisions) if controller is not None else None,
+        )
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
+            AlsMetrics(self.metrics, self.als.status)
         self.status = StatusServer(
             self.publisher,
             self.cache,
@@ -170,7 +193,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
-        self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
+        self._grpc, self.xds_port = await create_server(
+            self.cache, f"{s.host}:{s.xds_port}", on_events=self.xds_metrics.observe
+        )
         await self.status.start(s.host, s.http_port)
         if self.als is not None:
             await self.als.start()

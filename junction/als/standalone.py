@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
@@ -24,6 +25,9 @@ from junction.catalog.source import ConfigSource
 from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
+from junction.metrics.als import AlsMetrics
+from junction.metrics.canary import CanaryMetrics
+from junction.metrics.http import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = ["LastGoodConfig", "run_als"]
@@ -83,6 +87,15 @@ async def run_als(
     app.router.add_get("/healthz", healthz)
     service.add_routes(app)
     api.add_routes(app)
+    registry = CollectorRegistry()
+    AlsMetrics(registry, service.status)
+    controller = service.controller
+    CanaryMetrics(
+        registry,
+        states=lambda: board.states,
+        decisions=(lambda: controller.decisions) if controller is not None else None,
+    )
+    add_metrics_route(app, registry)
     runner = web.AppRunner(app, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

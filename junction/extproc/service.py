@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from junction.canary.apply import apply_canary, canary_weights
 from junction.canary.source import CanaryStateSource
@@ -52,6 +53,8 @@ from junction.extproc.http_adapter import HttpLimits
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
 from junction.extproc.worker import TableInputs, WorkerOptions, worker_main
+from junction.metrics.extproc import ExtprocMetrics
+from junction.metrics.http import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = [
@@ -379,6 +382,9 @@ class ExtProcService:
         app = web.Application()
         app.router.add_get("/stats", stats)
         app.router.add_get("/healthz", healthz)
+        registry = CollectorRegistry()
+        ExtprocMetrics(registry, self.status)
+        add_metrics_route(app, registry)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.stats_port)

@@ -21,6 +21,7 @@ rebuilds the snapshot when either changes, then hands it to the snapshot cache:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -78,8 +79,10 @@ class Publisher:
         min_interval: float = 0.1,
         catalog_grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        on_publish: Callable[[float], None] | None = None,
     ) -> None:
         self._cache = cache
+        self._on_publish = on_publish
         self._catalog_source = catalog_source
         self._translator = IncrementalTranslator(options or DEFAULT_OPTIONS)
         self._settle = settle
@@ -97,6 +100,10 @@ class Publisher:
         self._published: Snapshot | None = None
         self._published_at = 0.0
         self.publishes = 0  # for tests and /status: how many snapshots were handed on
+        # Monotonic counts for /status and /metrics, by origin.
+        self._accepted: collections.Counter[str] = collections.Counter()
+        self._rejected: collections.Counter[str] = collections.Counter()
+        self._source_errors: collections.Counter[str] = collections.Counter()
         self._canary: dict[str, CanaryState] = {}
         # (config, the canary weights applied, the resulting config): the same weights give
         # the same Config object, so the incremental translator keeps its cache.
@@ -126,6 +133,7 @@ class Publisher:
             self._dirty.set()
 
     def source_error(self, origin: str, message: str) -> None:
+        self._source_errors[origin] += 1
         state = self._sources.get(origin)
         if state is None or state.ok or state.error != message:
             log.warning("source %s: %s (serving the last good state)", origin, message)
@@ -157,6 +165,7 @@ class Publisher:
 
     def _reject(self, origin: str, version: str, message: str) -> None:
         log.error("config rejected, the last good config keeps serving:\n%s", message)
+        self._rejected[origin] += 1
         self._config_error = {
             "origin": origin,
             "version": version,
@@ -167,6 +176,7 @@ class Publisher:
 
     def _accept(self, config: Config, origin: str, version: str) -> None:
         self._good = _GoodConfig(config, origin, version, time.time())
+        self._accepted[origin] += 1
         self._config_error = None
         self.source_ok(origin)
         log.info("config %s accepted from %s", version, origin)
@@ -228,6 +238,7 @@ class Publisher:
 
     def publish_now(self) -> Snapshot | None:
         """Build and hand on a snapshot if it differs from the last one published."""
+        started = time.perf_counter()
         snapshot = self.build()
         if snapshot is None:
             return None
@@ -237,6 +248,8 @@ class Publisher:
         self._published = snapshot
         self._published_at = self._clock()
         self.publishes += 1
+        if self._on_publish is not None:
+            self._on_publish(time.perf_counter() - started)
         log.info(
             "published snapshot %s (config %s: %s)",
             snapshot.version,
@@ -265,6 +278,8 @@ class Publisher:
                 "version": good.version if good else None,
                 "accepted_at": good.accepted_at if good else None,
                 "last_error": self._config_error,
+                "accepted": dict(self._accepted),
+                "rejected": dict(self._rejected),
             },
             "snapshot": {
                 "version": snap.version if snap else None,
@@ -273,7 +288,12 @@ class Publisher:
                 "publishes": self.publishes,
             },
             "sources": {
-                origin: {"ok": s.ok, "error": s.error, "since": s.since}
+                origin: {
+                    "ok": s.ok,
+                    "error": s.error,
+                    "since": s.since,
+                    "errors": self._source_errors[origin],
+                }
                 for origin, s in sorted(self._sources.items())
             },
             "instances": {

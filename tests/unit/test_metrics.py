@@ -1,0 +1,208 @@
+"""The metrics collectors, read through prometheus_client's own parser.
+
+Each collector is fed the plain data its service serves on /status, /als or /stats (or
+the xDS events the server hands it), rendered with ``generate_latest`` and parsed back, so a
+name, type or label that breaks the exposition format fails here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from junction.canary.state import CanaryEvent, CanaryState, Phase
+from junction.extproc.counters import COUNTER_NAMES
+from junction.metrics.als import AlsMetrics
+from junction.metrics.canary import CanaryMetrics
+from junction.metrics.extproc import FAMILIES, ExtprocMetrics
+from junction.metrics.families import OTHER, BoundedLabel
+from junction.metrics.xds import XdsMetrics
+from junction.xds.protocol import Ack, Connected, Disconnected, Nack, Sent, StaleNonce, StreamKind
+from junction.xds.resources import CLUSTER, LISTENER
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, keyed by (sample name, sorted labels)."""
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def xds(status: dict[str, Any] | None = None) -> tuple[CollectorRegistry, XdsMetrics, Clock]:
+    registry, clock = CollectorRegistry(), Clock()
+    metrics = XdsMetrics(
+        registry, status=lambda: status or {}, nodes=lambda: [], clock=clock, node_limit=4
+    )
+    return registry, metrics, clock
+
+
+ADS = StreamKind(delta=False)
+DELTA = StreamKind(delta=True)
+
+
+def sent(type_url: str, nonce: str) -> Sent:
+    return Sent(type_url, "v1", nonce, resources=1, removed=0, restore=False)
+
+
+def nack(type_url: str, nonce: str) -> Nack:
+    return Nack(type_url, "v1", nonce, "bad", origin="f", config_version="c", kept_version="")
+
+
+def test_push_to_ack_latency_is_observed_from_the_send_to_the_answer_with_its_nonce() -> None:
+    registry, metrics, clock = xds()
+    metrics.observe("n1", ADS, 1, [Connected("n1", ADS), sent(CLUSTER, "a")])
+    clock.now += 0.03
+    metrics.observe("n1", ADS, 1, [Ack(CLUSTER, "v1", "a")])
+    metrics.observe("n1", ADS, 1, [sent(LISTENER, "b")])
+    clock.now += 2.0
+    metrics.observe("n1", ADS, 1, [nack(LISTENER, "b"), Ack(LISTENER, "v1", "stale")])
+    s = scrape(registry)
+    assert value(s, "junction_xds_push_ack_seconds_count", type="Cluster") == 1
+    assert value(s, "junction_xds_push_ack_seconds_sum", type="Cluster") == pytest.approx(0.03)
+    assert value(s, "junction_xds_push_ack_seconds_bucket", type="Cluster", le="0.025") == 0
+    assert value(s, "junction_xds_push_ack_seconds_bucket", type="Cluster", le="0.05") == 1
+    # The NACK answered the listener push; the later request with an old nonce did not.
+    assert value(s, "junction_xds_push_ack_seconds_count", type="Listener") == 1
+    assert value(s, "junction_xds_push_ack_seconds_sum", type="Listener") == pytest.approx(2.0)
+    assert value(s, "junction_xds_acks_total", type="Cluster", node="n1") == 1
+    assert value(s, "junction_xds_acks_total", type="Listener", node="n1") == 1
+    assert value(s, "junction_xds_nacks_total", type="Listener", node="n1") == 1
+    assert value(s, "junction_xds_responses_total", type="Cluster", transport="sotw") == 1
+    assert value(s, "junction_xds_streams_total", transport="sotw") == 1
+
+
+def test_a_closed_stream_forgets_its_unanswered_pushes() -> None:
+    registry, metrics, clock = xds()
+    metrics.observe("n1", DELTA, 7, [sent(CLUSTER, "a")])
+    metrics.observe("n1", DELTA, 7, [Disconnected("n1", DELTA)])
+    clock.now += 1
+    metrics.observe("n1", DELTA, 7, [Ack(CLUSTER, "v1", "a")])  # a reused id: not that push
+    s = scrape(registry)
+    assert ("junction_xds_push_ack_seconds_count", (("type", "Cluster"),)) not in s
+    assert value(s, "junction_xds_responses_total", type="Cluster", transport="delta") == 1
+
+
+def test_hostile_node_ids_cannot_explode_the_node_label() -> None:
+    registry, metrics, _ = xds()
+    for i in range(1000):
+        metrics.observe(
+            f"rogue-{i}", ADS, i, [Ack(CLUSTER, "v1", "x"), StaleNonce(CLUSTER, "o", "x")]
+        )
+    s = scrape(registry)
+    nodes = {dict(labels)["node"] for (name, labels) in s if name == "junction_xds_acks_total"}
+    assert nodes == {"rogue-0", "rogue-1", "rogue-2", "rogue-3", OTHER}
+    assert value(s, "junction_xds_acks_total", type="Cluster", node=OTHER) == 996
+    assert value(s, "junction_xds_stale_nonces_total", type="Cluster") == 1000
+
+
+def test_bounded_label_keeps_the_first_values_for_good() -> None:
+    label = BoundedLabel(2)
+    assert [label(v) for v in ("a", "b", "c", "a", "d", "b")] == ["a", "b", OTHER, "a", OTHER, "b"]
+
+
+def test_config_and_source_families_come_from_the_publisher_status() -> None:
+    status = {
+        "config": {
+            "accepted": {"consul:junction/config": 3},
+            "rejected": {"consul:junction/config": 2},
+        },
+        "snapshot": {"resources": {"Cluster": 3, "Listener": 1}, "publishes": 5},
+        "sources": {"consul:junction/config": {"ok": False, "errors": 4}},
+        "instances": {"web": {"by_health": {"HEALTHY": 2, "DRAINING": 1}}},
+    }
+    registry, _, _ = xds(status)
+    s = scrape(registry)
+    assert value(s, "junction_config_accepted_total", origin="consul:junction/config") == 3
+    assert value(s, "junction_config_rejected_total", origin="consul:junction/config") == 2
+    assert value(s, "junction_source_up", origin="consul:junction/config") == 0
+    assert value(s, "junction_source_errors_total", origin="consul:junction/config") == 4
+    assert value(s, "junction_xds_snapshot_resources", type="Cluster") == 3
+    assert value(s, "junction_xds_publishes_total") == 5
+    assert value(s, "junction_catalog_instances", service="web", health="DRAINING") == 1
+    assert value(s, "junction_xds_connected_nodes") == 0
+
+
+def test_every_decision_counter_is_exported_once() -> None:
+    """A counter added to the decision service must be given a family here."""
+    assert set(FAMILIES) | {"requests", "grpc_streams"} == set(COUNTER_NAMES)
+    counts = {name: i + 1 for i, name in enumerate(COUNTER_NAMES)}
+    registry = CollectorRegistry()
+    workers = [{"alive": True, "restarts": 1}, {"alive": False, "restarts": 2}]
+    ExtprocMetrics(registry, lambda: {"counters": counts, "workers": workers, "ready": True})
+    s = scrape(registry)
+    label_of = {"decisions": "kind", "pins_refused": "reason", "malformed": "what", "keys": "kind"}
+    for counter_name, (family, label) in FAMILIES.items():
+        sample = value(s, f"junction_extproc_{family}_total", **{label_of[family]: label})
+        assert sample == counts[counter_name], counter_name
+    assert value(s, "junction_extproc_requests_total") == counts["requests"]
+    assert value(s, "junction_extproc_workers") == 1
+    assert value(s, "junction_extproc_worker_restarts_total") == 3
+
+
+def test_access_log_families_follow_the_receiver_counters() -> None:
+    registry = CollectorRegistry()
+    status = {
+        "receiver": {
+            "entries": 10, "processed_entries": 8, "dropped_entries": 2, "queued_bytes": 512,
+            "rejected_oversized": 1, "rejected_malformed": 3, "late_entries": 4,
+            "sinks": {"written": 8, "dropped": 5},
+        },
+        "envoy": {"logs_dropped_seen": 6, "logs_written": 20},
+    }  # fmt: skip
+    AlsMetrics(registry, lambda: status)
+    s = scrape(registry)
+    assert value(s, "junction_als_entries_received_total") == 10
+    assert value(s, "junction_als_entries_processed_total") == 8
+    assert value(s, "junction_als_entries_dropped_total", reason="queue") == 2
+    assert value(s, "junction_als_entries_dropped_total", reason="sink") == 5
+    assert value(s, "junction_als_messages_rejected_total", reason="malformed") == 3
+    assert value(s, "junction_als_queue_bytes") == 512
+    assert value(s, "junction_als_late_entries_total") == 4
+    assert value(s, "junction_envoy_access_logs_dropped_total") == 6
+
+
+def test_canary_families_show_weight_phase_evidence_and_decisions() -> None:
+    event = CanaryEvent(
+        at=5.0, service="web-api", action="promote", from_weight=5, to_weight=10, reason="ok",
+        evidence={"candidate": {"requests": 120, "failures": 1, "cluster": "web-api-go"},
+                  "missing": 0},
+    )  # fmt: skip
+    state = CanaryState(
+        service="web-api", version="go", baseline="web-api-perl", candidate="web-api-go",
+        weight=10, phase=Phase.RAMPING, step_started=5.0, updated=5.0, reason="ok",
+        events=(event,),
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    CanaryMetrics(
+        registry,
+        states=lambda: {"web-api": state},
+        decisions=lambda: {("web-api", "promote"): 2, ("web-api", "start"): 1},
+    )
+    s = scrape(registry)
+    assert value(s, "junction_canary_weight", service="web-api", version="go") == 10
+    assert value(s, "junction_canary_phase", service="web-api", phase="ramping") == 1
+    assert value(s, "junction_canary_phase", service="web-api", phase="rolled_back") == 0
+    assert (
+        value(s, "junction_canary_evidence", service="web-api", side="candidate", figure="requests")
+        == 120
+    )
+    assert value(s, "junction_canary_evidence", service="web-api", side="", figure="missing") == 0
+    assert value(s, "junction_canary_decisions_total", service="web-api", action="promote") == 2
