@@ -169,7 +169,8 @@ class ControlPlane:
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
-            AlsMetrics(self.metrics, self.als.status)
+            pipeline = self.als.pipeline
+            AlsMetrics(self.metrics, self.als.status, lambda: pipeline.requests)
         self.status = StatusServer(
             self.publisher,
             self.cache,

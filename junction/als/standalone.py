@@ -88,7 +88,7 @@ async def run_als(
     service.add_routes(app)
     api.add_routes(app)
     registry = CollectorRegistry()
-    AlsMetrics(registry, service.status)
+    AlsMetrics(registry, service.status, lambda: service.pipeline.requests)
     controller = service.controller
     CanaryMetrics(
         registry,

@@ -9,7 +9,7 @@ could not even send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -35,8 +35,14 @@ _COUNTERS = (
 class AlsMetrics(Collector):
     """``status`` gives :meth:`junction.als.service.AlsService.status`'s plain data."""
 
-    def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        status: Callable[[], dict[str, Any]],
+        requests: Callable[[], Mapping[tuple[str, str, bool], int]] = dict,
+    ) -> None:
         self._status = status
+        self._requests = requests
         registry.register(self)
 
     def describe(self) -> Iterator[Metric]:
@@ -72,6 +78,16 @@ class AlsMetrics(Collector):
                     {(): receiver.get("max_queue_bytes", 0)})  # fmt: skip
         yield counter("junction_als_sink_lines", "Lines written by the sinks", [],
                       {(): sinks.get("written", 0)})  # fmt: skip
+        yield counter(
+            "junction_als_requests",
+            "Requests Envoy logged, by cluster (version), how it was chosen (split: the"
+            " weights or canary buckets; pin; exp: an experiment arm) and outcome",
+            ["cluster", "decision", "outcome"],
+            {
+                (cluster, source, "failed" if failed else "ok"): n
+                for (cluster, source, failed), n in self._requests().items()
+            },
+        )
         envoy: dict[str, Any] = status.get("envoy") or {}
         yield counter(
             "junction_envoy_access_logs_dropped",

@@ -167,7 +167,8 @@ def test_access_log_families_follow_the_receiver_counters() -> None:
         },
         "envoy": {"logs_dropped_seen": 6, "logs_written": 20},
     }  # fmt: skip
-    AlsMetrics(registry, lambda: status)
+    requests = {("web-go", "split", False): 7, ("web-go", "pin", True): 2}
+    AlsMetrics(registry, lambda: status, lambda: requests)
     s = scrape(registry)
     assert value(s, "junction_als_entries_received_total") == 10
     assert value(s, "junction_als_entries_processed_total") == 8
@@ -177,6 +178,14 @@ def test_access_log_families_follow_the_receiver_counters() -> None:
     assert value(s, "junction_als_queue_bytes") == 512
     assert value(s, "junction_als_late_entries_total") == 4
     assert value(s, "junction_envoy_access_logs_dropped_total") == 6
+    assert (
+        value(s, "junction_als_requests_total", cluster="web-go", decision="split", outcome="ok")
+        == 7
+    )
+    assert (
+        value(s, "junction_als_requests_total", cluster="web-go", decision="pin", outcome="failed")
+        == 2
+    )
 
 
 def test_canary_families_show_weight_phase_evidence_and_decisions() -> None:

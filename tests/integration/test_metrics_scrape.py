@@ -166,13 +166,15 @@ async def test_every_process_exports_metrics_that_move_with_traffic(tmp_path: Pa
         assert set(hostile) == series
 
         # The access-log receiver (in-process with `up`): entries arrive for the traffic.
-        await until(
+        logged = await until(
             lambda: _scraped_if(
                 session, up.http_port,
-                lambda s: get(s, "junction_als_entries_processed_total") >= 300,
+                lambda s: get(s, "junction_als_requests_total", cluster="web-api-go",
+                              decision="pin", outcome="ok") >= 300,
             ),
-            "the access log entries in /metrics",
+            "the pinned requests' access log entries in /metrics",
         )  # fmt: skip
+        assert get(logged, "junction_als_entries_processed_total") >= 300
 
 
 async def _value(session: aiohttp.ClientSession, port: int, name: str, **labels: str) -> float:
