@@ -48,7 +48,7 @@ from junction.config.errors import ConfigError
 from junction.config.load import config_version, load_config
 from junction.config.model import Config
 from junction.errors import JunctionError
-from junction.extproc.counters import COUNTER_NAMES, SharedCounters
+from junction.extproc.counters import COUNTER_NAMES, ROW_NAMES, SharedCounters, answer_json
 from junction.extproc.http_adapter import HttpLimits
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
@@ -92,6 +92,9 @@ class ServiceSettings:
     lazy: bool = False
     #: Where the ALS controller keeps canary states (None: the config's weights only).
     canary_store: StateStore | None = None
+    #: Time every answer for the junction_extproc_answer_seconds histogram (off only to
+    #: measure what the timing costs: loadtest/extproc/bench.py --metrics-cost).
+    answer_times: bool = True
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ class ExtProcService:
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self.shared = SharedCounters(settings.workers)
-        self._retired = dict.fromkeys(COUNTER_NAMES, 0)
+        self._retired = dict.fromkeys(ROW_NAMES, 0)
         self._inputs = _Inputs(settings.catalog_source, self._schedule_push)
         self._latest: TableInputs | None = None
         self._workers: list[_Worker] = []
@@ -201,7 +204,9 @@ class ExtProcService:
         s = self.settings
         self.http_port = self._reserve(s.http_port) if s.http_port is not None else None
         self.grpc_port = self._reserve(s.grpc_port) if s.grpc_port is not None else None
-        self._options = WorkerOptions(s.host, self.http_port, self.grpc_port, s.limits, s.log_level)
+        self._options = WorkerOptions(
+            s.host, self.http_port, self.grpc_port, s.limits, s.log_level, s.answer_times
+        )
         if not s.lazy:
             self._spawn_all()
         loop = asyncio.get_running_loop()
@@ -364,7 +369,8 @@ class ExtProcService:
             "table": latest,
             "config_error": self._inputs.error,
             "workers": workers,
-            "counters": totals,
+            "counters": {name: totals[name] for name in COUNTER_NAMES},
+            "answer_seconds": answer_json(totals),
         }
 
     async def _serve_stats(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from junction.metrics.families import counter, gauge
@@ -92,5 +92,13 @@ class ExtprocMetrics(Collector):
             [],
             {(): sum(w.get("restarts", 0) for w in workers)},
         )
+        answer = status.get("answer_seconds")
+        if answer is not None:
+            histogram = HistogramMetricFamily(
+                "junction_extproc_answer_seconds",
+                "Time to answer one request message (parse, decide, encode), summed over workers",
+            )
+            histogram.add_metric([], list(answer["buckets"].items()), answer["sum"])
+            yield histogram
         yield gauge("junction_extproc_ready", "1 when every worker runs the latest table", [],
                     {(): float(bool(status.get("ready")))})  # fmt: skip

@@ -14,7 +14,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from junction.canary.state import CanaryEvent, CanaryState, Phase
-from junction.extproc.counters import COUNTER_NAMES
+from junction.extproc.counters import (
+    ANSWER_BUCKETS,
+    COUNTER_NAMES,
+    AnswerTimes,
+    Counters,
+    SharedCounters,
+    answer_json,
+)
 from junction.metrics.als import AlsMetrics
 from junction.metrics.canary import CanaryMetrics
 from junction.metrics.extproc import FAMILIES, ExtprocMetrics
@@ -22,6 +29,8 @@ from junction.metrics.families import OTHER, BoundedLabel
 from junction.metrics.xds import XdsMetrics
 from junction.xds.protocol import Ack, Connected, Disconnected, Nack, Sent, StaleNonce, StreamKind
 from junction.xds.resources import CLUSTER, LISTENER
+
+COUNTERS_NONE = Counters()
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -215,3 +224,69 @@ def test_canary_families_show_weight_phase_evidence_and_decisions() -> None:
     )
     assert value(s, "junction_canary_evidence", service="web-api", side="", figure="missing") == 0
     assert value(s, "junction_canary_decisions_total", service="web-api", action="promote") == 2
+
+
+def test_answer_times_sum_over_workers_in_prometheus_buckets() -> None:
+    """Two workers' histograms through shared memory, summed as the supervisor does."""
+    shared = SharedCounters(2)
+    for worker, observations in enumerate(([4e-6, 1e-5, 3e-5], [1e-5, 0.5])):
+        times = AnswerTimes()
+        for seconds in observations:
+            times.observe(seconds)
+        shared.publish(worker, COUNTERS_NONE, times)
+    out = answer_json(shared.total())
+    assert ANSWER_BUCKETS[:3] == (5e-6, 1e-5, 2e-5)
+    # A value equal to a bound counts in that bucket ("le"); counts are cumulative.
+    assert out["buckets"]["5e-06"] == 1
+    assert out["buckets"]["1e-05"] == 3
+    assert out["buckets"]["2e-05"] == 3
+    assert out["buckets"]["5e-05"] == 4
+    assert out["buckets"]["0.1"] == 4
+    assert out["buckets"]["+Inf"] == out["count"] == 5
+    assert out["sum"] == pytest.approx(0.500054, abs=1e-8)
+    registry = CollectorRegistry()
+    ExtprocMetrics(registry, lambda: {"counters": {}, "answer_seconds": out})
+    s = scrape(registry)
+    assert value(s, "junction_extproc_answer_seconds_bucket", le="1e-05") == 3
+    assert value(s, "junction_extproc_answer_seconds_count") == 5
+
+
+def test_the_dashboard_only_queries_metrics_that_exist() -> None:
+    """Every ``junction_*`` series in deploy/grafana/junction.json is exported by a collector
+    (a renamed metric must not leave an empty panel behind)."""
+    import json
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    registry = CollectorRegistry()
+    status = {"snapshot": {"resources": {"Cluster": 1}}, "config": {"rejected": {"f": 1}}}
+    node = SimpleNamespace(node_id="n", connected=True, synced=True)
+    metrics = XdsMetrics(registry, status=lambda: status, nodes=lambda: [node])
+    metrics.observe("n", ADS, 1, [Connected("n", ADS), sent(CLUSTER, "a"), nack(CLUSTER, "a")])
+    metrics.observe_publish(0.01)
+    AlsMetrics(registry, lambda: {}, lambda: {("c", "split", False): 1})
+    state = CanaryState(
+        service="s", version="v", baseline="b", candidate="c", weight=1, phase=Phase.RAMPING,
+        step_started=0.0, updated=0.0, reason="",
+        events=(CanaryEvent(0.0, "s", "start", 0, 1, "", evidence={"candidate": {"requests": 1}}),),
+    )  # fmt: skip
+    CanaryMetrics(registry, states=lambda: {"s": state}, decisions=lambda: {("s", "start"): 1})
+    times = AnswerTimes()
+    times.observe(1e-5)
+    row = dict.fromkeys(COUNTER_NAMES, 1) | dict(zip(
+        [f"answer_bucket_{i}" for i in range(len(ANSWER_BUCKETS) + 1)] + ["answer_ns"],
+        times.columns(), strict=True,
+    ))  # fmt: skip
+    ExtprocMetrics(
+        registry,
+        lambda: {"counters": dict.fromkeys(COUNTER_NAMES, 1), "answer_seconds": answer_json(row)},
+    )
+    exported = {name for name, _ in scrape(registry)}
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "junction.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bjunction_[a-z0-9_]+", e)}
+    assert len(used) >= 12
+    assert used - exported == set()
