@@ -80,13 +80,20 @@ ROW_NAMES: tuple[str, ...] = COUNTER_NAMES + _ANSWER_COLUMNS
 class AnswerTimes:
     """One worker's time-to-answer histogram: per-bucket counts and the sum.
 
-    :meth:`observe` is on the hot path: one bisect and two additions (~0.2 us)."""
+    Sampled: one answer in :attr:`every` is timed (the first, then every ``every``-th).
+    Reading the clock twice and filing the result costs about 0.4 us, some 5 % of a
+    decision's CPU; a uniform sample of the answers estimates the same quantiles for a
+    sixteenth of that. The histogram's ``_count`` is therefore the number of *timed*
+    answers; rates of decisions come from ``junction_extproc_requests_total``.
+    """
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("countdown", "counts", "every", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 16) -> None:
         self.counts = [0] * (len(ANSWER_BUCKETS) + 1)
         self.total = 0.0
+        self.every = every
+        self.countdown = 1
 
     def observe(self, seconds: float) -> None:
         # bisect_left: the first bound >= seconds, Prometheus' "le" (less or equal).

@@ -96,7 +96,8 @@ class ExtprocMetrics(Collector):
         if answer is not None:
             histogram = HistogramMetricFamily(
                 "junction_extproc_answer_seconds",
-                "Time to answer one request message (parse, decide, encode), summed over workers",
+                "Time to answer one request message (parse, decide, encode), summed over"
+                " workers; one answer in 16 is timed",
             )
             histogram.add_metric([], list(answer["buckets"].items()), answer["sum"])
             yield histogram

@@ -148,12 +148,12 @@ async def test_every_process_exports_metrics_that_move_with_traffic(tmp_path: Pa
         # /stats and /metrics are the same sum over the workers.
         assert get(after, "junction_extproc_decisions_total", kind="pin") == counters["decided_pin"]
         assert get(after, "junction_extproc_workers") == 2
-        # Every answer was timed, in both workers: the histogram counts every decision.
-        assert get(after, "junction_extproc_answer_seconds_count") == counters["requests"]
-        assert (
-            get(after, "junction_extproc_answer_seconds_bucket", le="+Inf") == counters["requests"]
-        )
-        assert 0 < get(after, "junction_extproc_answer_seconds_sum") < 300
+        # One answer in 16 is timed, in each worker (its 1st, 17th, ...): the summed
+        # histogram counts between requests/16 and requests/16 + workers.
+        timed = get(after, "junction_extproc_answer_seconds_count")
+        assert counters["requests"] // 16 <= timed <= counters["requests"] // 16 + 2
+        assert get(after, "junction_extproc_answer_seconds_bucket", le="+Inf") == timed
+        assert 0 < get(after, "junction_extproc_answer_seconds_sum") < timed
 
         # Hostile requests: random versions and paths add no series, only counts.
         series = set(after)

@@ -290,3 +290,14 @@ def test_the_dashboard_only_queries_metrics_that_exist() -> None:
     used = {name for e in exprs for name in re.findall(r"\bjunction_[a-z0-9_]+", e)}
     assert len(used) >= 12
     assert used - exported == set()
+
+
+def test_one_answer_in_every_is_timed() -> None:
+    from junction.extproc.http_adapter import HttpProcessor
+
+    times = AnswerTimes(every=4)
+    processor = HttpProcessor(Counters(), times=times)  # no table: answers 503 at once
+    for _ in range(9):
+        processor.respond(b"{}")
+    assert sum(times.counts) == 3  # the 1st, 5th and 9th
+    assert times.total > 0
