@@ -301,3 +301,21 @@ def test_one_answer_in_every_is_timed() -> None:
         processor.respond(b"{}")
     assert sum(times.counts) == 3  # the 1st, 5th and 9th
     assert times.total > 0
+
+
+def test_the_metrics_cost_benchmark_runs_and_writes_its_section(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "bench.md"
+    out.write_text("# B\n\n<!-- metrics-cost:start -->\nold\n<!-- metrics-cost:end -->\n")
+    subprocess.run(
+        [sys.executable, str(root / "loadtest/extproc/metrics_cost.py"),
+         "--rounds", "1", "--calls", "200", "--out", str(out)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "old" not in text
+    assert "| pin (x-junction-version) |" in text and "| canary bucket (x-user-id) |" in text
