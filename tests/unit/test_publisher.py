@@ -177,9 +177,12 @@ def test_source_errors_are_shown_until_recovery(parts) -> None:  # type: ignore[
         "ok": False,
         "error": "consul 127.0.0.1:1 unreachable",
         "since": publisher.status()["sources"]["consul:k"]["since"],
+        "errors": 1,
     }
     publisher.source_ok("consul:k")
     assert publisher.status()["sources"]["consul:k"]["ok"] is True
+    publisher.source_error("consul:k", "consul 127.0.0.1:1 unreachable")
+    assert publisher.status()["sources"]["consul:k"]["errors"] == 2  # counted, not reset
 
 
 def test_incremental_translation_equals_a_full_translation() -> None:
