@@ -1,11 +1,11 @@
 """Wiring: sources -> publisher -> snapshot cache -> xDS server, the status port, and
 (for ``junction up``) a real Envoy bootstrapped to talk to this control plane.
 
-The access-log loop (:mod:`junction.als`, :mod:`junction.canary`) plugs in beside them:
-Envoy's listener gets the gRPC access logger, the receiver and canary controller run in
-this process (``up``: on a free port the bootstrap names; ``--no-als``: elsewhere), and the
-canary states in the store are one more input of the publisher and are served on
-``/canary`` (and in ``/status``).
+The access-log loop (:mod:`junction.loop`: :mod:`junction.als` feeding
+:mod:`junction.canary`) plugs in beside them: Envoy's listener gets the gRPC access
+logger, the receiver and canary controller run in this process (``up``: on a free port
+the bootstrap names; ``--no-als``: elsewhere), and the canary states in the store are one
+more input of the publisher and are served on ``/canary`` (and in ``/status``).
 
 Everything a control-plane replica holds can be rebuilt from its sources (files or Consul),
 so replicas run side by side with no state of their own that the others need.
@@ -22,17 +22,16 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from junction.als.logger import AccessLogOptions, with_access_log
-from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import make_store
-from junction.catalog.file import FileCatalog, FileConfig
+from junction.catalog.choose import SourceChoice
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
+from junction.loop.service import AlsService, AlsSettings
 from junction.metrics.als import AlsMetrics
 from junction.metrics.canary import CanaryMetrics
 from junction.metrics.http import metrics_route
@@ -44,6 +43,7 @@ from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
 from junction.xds.translate import DEFAULT_OPTIONS
+from junction.xds.translate_als import AccessLogOptions, with_access_log
 
 __all__ = ["ControlPlane", "Settings", "SettingsError", "run_until_signalled"]
 
@@ -88,33 +88,26 @@ class Settings:
     state_dir: str | None = None
 
     def check(self) -> None:
-        if self.consul_key and not self.consul_addr:
-            raise SettingsError("--consul-key needs --consul-addr")
-        if not self.consul_key and not self.config_path:
-            raise SettingsError("give -c CONFIG (a file) or --consul-addr with --consul-key")
-        if not self.instances_path and not self.consul_addr:
-            raise SettingsError(
-                "give --instances FILE or --consul-addr (instances come from the catalog)"
-            )
+        problem = self.sources().problem()
+        if problem is not None:
+            raise SettingsError(problem)
         if self.run_envoy and self.access_log and self.als is None and not self.als_port:
             raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
 
-    def config_source(self) -> ConfigSource:
-        if self.consul_key:
-            from junction.catalog.consul import ConsulConfig
+    def sources(self) -> SourceChoice:
+        return SourceChoice(
+            self.config_path,
+            self.instances_path,
+            self.consul_addr,
+            self.consul_key,
+            self.consul_wait,
+        )
 
-            assert self.consul_addr
-            return ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
-        assert self.config_path
-        return FileConfig(self.config_path)
+    def config_source(self) -> ConfigSource:
+        return self.sources().config_source()
 
     def catalog_source(self) -> CatalogSource:
-        if self.instances_path:
-            return FileCatalog(self.instances_path)
-        from junction.catalog.consul import ConsulCatalog
-
-        assert self.consul_addr
-        return ConsulCatalog(self.consul_addr, wait=self.consul_wait)
+        return self.sources().catalog_source()
 
 
 class ControlPlane:

@@ -7,7 +7,7 @@
                 [--envoy-admin-port N] [--maintenance-file PATH] [--delta]
     junction serve -c CONFIG --instances FILE [--envoy-admin HOST:PORT] ...
     junction extproc serve|sign-pin ...   (the decision service: junction.extproc.cli)
-    junction als serve ...                (the access-log receiver alone: junction.als.cli)
+    junction als serve ...                (the access-log receiver alone: junction.loop.cli)
     junction canary status|pause|resume|promote|abort [SERVICE] [--http HOST:PORT]
     junction report --log PATH [--events PATH] [--png OUT.png]
 
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import orjson
 
-from junction.als import cli as als_cli
 from junction.catalog.file import load_instances
 from junction.catalog.model import Catalog
 from junction.config.errors import ConfigError, Problem
 from junction.config.load import config_version, load_config
 from junction.errors import JunctionError
 from junction.extproc import cli as extproc_cli
+from junction.loop import cli as als_cli
 
 __all__ = ["main"]
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # so tests can `import fakes`, `import consul_double`
+# Tests `import fakes`, `consul_double`, ... from tests/: pyproject.toml's pytest
+# `pythonpath = ["tests"]` puts it on sys.path (no path hack here).
 
 
 async def eventually(

@@ -42,7 +42,7 @@ __all__ = [
     "records_from_entries",
 ]
 
-#: Request headers the access logger records (see :mod:`junction.als.logger`).
+#: Request headers the access logger records (see :mod:`junction.xds.translate_als`).
 DECISION_HEADER = "x-junction-decision"
 VERSION_HEADER = "x-junction-version"
 

@@ -38,7 +38,13 @@ from junction.canary.state import CanaryState
 
 # The Consul endpoint handling (address parsing, py-consul client set-up, error wording)
 # is shared with the config and catalog sources, not repeated here.
-from junction.catalog.consul import _TRANSIENT, WatchTiming, _Endpoint, _index, next_index
+from junction.catalog.consul import (
+    TRANSIENT_ERRORS,
+    ConsulEndpoint,
+    WatchTiming,
+    next_index,
+    parse_index,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -219,7 +225,7 @@ class ConsulStateStore(StateStore):
             raise StoreError(f"state prefix {prefix!r} must end with '/' and not start with '/'")
         self.prefix = prefix
         self.origin = f"consul:{prefix}"
-        self._endpoint = _Endpoint(address, token, scheme, verify, timing or WatchTiming())
+        self._endpoint = ConsulEndpoint(address, token, scheme, verify, timing or WatchTiming())
         self._client: Any = None
 
     def _c(self) -> Any:
@@ -230,7 +236,7 @@ class ConsulStateStore(StateStore):
     async def _call(self, what: str, make: Callable[[], Any]) -> Any:
         try:
             return await make()
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             raise StoreError(f"{what}: {self._endpoint.describe(exc)}") from None
 
     def _key(self, service: str) -> str:
@@ -265,7 +271,7 @@ class ConsulStateStore(StateStore):
             ),
         )
         try:
-            new_index = next_index(index, _index(raw_index))
+            new_index = next_index(index, parse_index(raw_index))
         except ValueError as exc:
             raise StoreError(f"watching {self.prefix}: {exc}") from None
         out: dict[str, Stored] = {}

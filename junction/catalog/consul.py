@@ -47,20 +47,23 @@ import aiohttp
 import consul
 import consul.aio
 
+from junction.catalog.errors import CatalogError
 from junction.catalog.model import Instance, health_from_checks
 from junction.catalog.source import CatalogSource, ConfigSource, SourceSink
-from junction.errors import JunctionError
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "Backoff",
     "ConsulCatalog",
     "ConsulConfig",
+    "ConsulEndpoint",
     "ConsulSettingError",
     "TokenBucket",
     "WatchTiming",
     "instances_from_entries",
     "next_index",
     "parse_duration",
+    "parse_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ MAX_WAIT = 600.0
 MAX_WEIGHT = 128
 
 
-class ConsulSettingError(JunctionError, ValueError):
+class ConsulSettingError(CatalogError):
     """A Consul source was configured with an unusable address, key or timing."""
 
 
@@ -187,7 +190,7 @@ class _BadResponse(ValueError):
 
 # Everything a Consul read can fail with that is worth retrying. py-consul raises
 # ConsulException for 5xx, 4xx (ACLPermissionDenied...) and undecodable bodies.
-_TRANSIENT: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     asyncio.TimeoutError,
     OSError,
@@ -208,7 +211,7 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-class _Endpoint:
+class ConsulEndpoint:
     """Where Consul is and how to talk to it; makes py-consul clients."""
 
     def __init__(
@@ -265,7 +268,8 @@ class _Endpoint:
         return f"{where} answered an error: {exc}"
 
 
-def _index(raw: Any) -> int:
+def parse_index(raw: Any) -> int:
+    """An ``X-Consul-Index`` header as an int (a bad one is a transient bad response)."""
     try:
         return int(raw)
     except (TypeError, ValueError):
@@ -273,7 +277,7 @@ def _index(raw: Any) -> int:
 
 
 async def _poll(
-    endpoint: _Endpoint,
+    endpoint: ConsulEndpoint,
     fetch: Callable[[int], Awaitable[tuple[int, T]]],
     on_data: Callable[[T], None],
     on_error: Callable[[str], None],
@@ -289,7 +293,7 @@ async def _poll(
             await asyncio.sleep(pause)
         try:
             returned, data = await fetch(index)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             message = endpoint.describe(exc)
             log.debug("%s", message)
             on_error(message)
@@ -327,7 +331,7 @@ class ConsulConfig(ConfigSource):
             raise ConsulSettingError(f"consul key {key!r} must be non-empty, without a leading /")
         self.key = key
         self.origin = f"consul:{key}"
-        self._endpoint = _Endpoint(address, token, scheme, verify, _timing(timing, wait))
+        self._endpoint = ConsulEndpoint(address, token, scheme, verify, _timing(timing, wait))
 
     async def run(self, sink: SourceSink) -> None:
         endpoint = self._endpoint
@@ -339,7 +343,7 @@ class ConsulConfig(ConfigSource):
             raw_index, entry = await client.kv.get(
                 self.key, index=index or None, wait=endpoint.timing.wait_param
             )
-            return _index(raw_index), entry
+            return parse_index(raw_index), entry
 
         def on_error(message: str) -> None:
             nonlocal problem
@@ -448,7 +452,7 @@ class ConsulCatalog(CatalogSource):
         timing: WatchTiming | None = None,
     ) -> None:
         self.origin = f"consul-catalog:{address}"
-        self._endpoint = _Endpoint(address, token, scheme, verify, _timing(timing, wait))
+        self._endpoint = ConsulEndpoint(address, token, scheme, verify, _timing(timing, wait))
         self._wanted: frozenset[str] = frozenset()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._client: consul.aio.Consul | None = None
@@ -522,7 +526,7 @@ class ConsulCatalog(CatalogSource):
             raw_index, entries = await client.health.service(
                 name, index=index or None, wait=endpoint.timing.wait_param
             )
-            return _index(raw_index), instances_from_entries(entries or ())
+            return parse_index(raw_index), instances_from_entries(entries or ())
 
         def on_data(result: tuple[tuple[Instance, ...], list[str]]) -> None:
             nonlocal reported

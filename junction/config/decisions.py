@@ -21,7 +21,8 @@ every problem named by its YAML path::
     decision: {transport: http, failure-mode: open, timeout: 0.2}
 
 Checks that need more than one section (a version cluster must be routed to, an arm's
-version must exist...) are in :func:`cross_check_decisions`, which
+version must exist...) are in
+:func:`junction.config.decisions_check.cross_check_decisions`, which
 :func:`junction.config.load.cross_check` calls.
 """
 
@@ -29,18 +30,13 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import math
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from junction.config.model import CLUSTER_NAME, Seconds, _check_names, _int_in, _Model
-
-if TYPE_CHECKING:
-    from junction.config.model import Config
+from junction.config.base import CLUSTER_NAME, Model, Number, Seconds, check_names, int_in
 
 __all__ = [
     "BUCKETS",
@@ -57,8 +53,13 @@ __all__ = [
     "ServiceVersions",
     "StickyCookie",
     "VersionsSection",
-    "cross_check_decisions",
 ]
+
+# The shared pieces live in junction.config.base; these are the names this module's
+# models were written with.
+_Model = Model
+_int_in = int_in
+_check_names = check_names
 
 #: The request header the decision service sets and Envoy routes on (one header-matched
 #: route per version cluster). Clients must never set it: Envoy strips it before routing.
@@ -102,19 +103,8 @@ def _label(value: Any) -> Any:
     return value
 
 
-def _percent(value: Any) -> float:
-    """A weight in percent, 0..100 with at most two decimals (one bucket is 0.01 %)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= 100
-        or abs(value * 100 - round(value * 100)) > 1e-6
-    ):
-        raise PydanticCustomError(
-            "junction", "must be a percentage 0..100 with at most two decimals"
-        )
-    return float(value)
+#: A weight in percent, 0..100 with at most two decimals (one bucket is 0.01 %).
+_percent = Number(0, 100, "must be a percentage 0..100 with at most two decimals", decimals=2)
 
 
 HeaderName = Annotated[str, BeforeValidator(_header_name)]
@@ -220,45 +210,12 @@ class KeySource(_Model):
 Key = Annotated[KeySource, BeforeValidator(_key_source)]
 
 
-def _step(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-        raise PydanticCustomError(
-            "junction", "must be a whole percentage 1..100 (route weights are whole percents)"
-        )
-    return value
-
-
-def _fraction(value: Any) -> Any:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= 1
-    ):
-        raise PydanticCustomError("junction", "must be a fraction 0..1 (0.05 is 5 %)")
-    return float(value)
-
-
-def _milliseconds(value: Any) -> Any:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= 3_600_000
-    ):
-        raise PydanticCustomError("junction", "must be a number of milliseconds 0..3600000")
-    return float(value)
-
-
-def _ratio(value: Any) -> Any:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 1 <= value <= 100
-    ):
-        raise PydanticCustomError("junction", "must be a ratio 1..100 (1.5: 50 % slower)")
-    return float(value)
+_step = Number(
+    1, 100, "must be a whole percentage 1..100 (route weights are whole percents)", integer=True
+)
+_fraction = Number(0, 1, "must be a fraction 0..1 (0.05 is 5 %)")
+_milliseconds = Number(0, 3_600_000, "must be a number of milliseconds 0..3600000")
+_ratio = Number(1, 100, "must be a ratio 1..100 (1.5: 50 % slower)")
 
 
 Fraction = Annotated[float, BeforeValidator(_fraction)]
@@ -460,91 +417,3 @@ def _names(what: str) -> Any:
 #: The top-level sections as :class:`~junction.config.model.Config` declares them.
 VersionsSection = Annotated[dict[str, ServiceVersions], _names("service")]
 ExperimentsSection = Annotated[dict[str, Experiment], _names("experiment")]
-
-
-# ---- checks across sections ----------------------------------------------------------
-
-Path = tuple[str | int, ...]
-
-
-def cross_check_decisions(config: Config) -> list[tuple[Path, str]]:
-    """Problems that need the routes and the decision sections together, as (path, message)."""
-    return list(_cross(config))
-
-
-def _cross(config: Config) -> Iterator[tuple[Path, str]]:
-    routed: set[str] = set()
-    for block in config.route_blocks():
-        routed.update(block.cluster)
-    owner: dict[str, str] = {}
-    for service, sv in config.versions.items():
-        for version, cluster in sv.clusters.items():
-            path: Path = ("versions", service, "clusters", version)
-            if cluster not in routed:
-                yield path, f"cluster {cluster!r} is not routed to by any route"
-            elif cluster in owner:
-                yield path, f"cluster {cluster!r} is already a version of {owner[cluster]!r}"
-            else:
-                owner[cluster] = service
-        if sv.pin is not None:
-            yield from _pin_headers(("versions", service, "pin"), sv.pin, config)
-        if sv.canary is not None and sv.canary.key.header == CLUSTER_HEADER:
-            yield ("versions", service, "canary", "key", "header"), _RESERVED
-    for vh_index, block in enumerate(config.route_blocks()):
-        for prefix, services in _services_by_prefix(block.cluster, owner).items():
-            if len(services) > 1:
-                where: Path = ("route", vh_index) if isinstance(config.route, list) else ("route",)
-                yield (
-                    (*where, "cluster"),
-                    f"prefix {prefix!r} mixes clusters of versioned services "
-                    + " and ".join(repr(s) for s in sorted(services)),
-                )
-    for name, exp in config.experiments.items():
-        base: Path = ("experiments", name)
-        versioned = [a for a, arm in exp.arms.items() if arm.version is not None]
-        if exp.service is None:
-            for arm in versioned:
-                yield (*base, "arms", arm, "version"), "needs the experiment's service"
-        elif exp.service not in config.versions:
-            yield (*base, "service"), f"{exp.service!r} is not a service under versions"
-        else:
-            known = config.versions[exp.service].clusters
-            for arm in versioned:
-                named = exp.arms[arm].version
-                if named not in known:
-                    yield (
-                        (*base, "arms", arm, "version"),
-                        f"{named!r} is not a version of {exp.service!r}",
-                    )
-        if exp.key.header == CLUSTER_HEADER:
-            yield (*base, "key", "header"), _RESERVED
-        for header in exp.match.headers:
-            if header == CLUSTER_HEADER:
-                yield (*base, "match", "headers", header), _RESERVED
-    decision_header = config.decision.header
-    if decision_header == CLUSTER_HEADER:
-        yield ("decision", "header"), _RESERVED
-
-
-_RESERVED = f"{CLUSTER_HEADER} is reserved: it carries the decision to Envoy's routes"
-
-
-def _pin_headers(base: Path, pin: PinSettings, config: Config) -> Iterator[tuple[Path, str]]:
-    if pin.header == CLUSTER_HEADER:
-        yield (*base, "header"), _RESERVED
-    if pin.propagate == CLUSTER_HEADER:
-        yield (*base, "propagate"), _RESERVED
-    if config.decision.header and config.decision.header in (pin.header, pin.propagate):
-        yield (
-            ("decision", "header"),
-            f"{config.decision.header!r} is also a pin header of {base[1]!r}",
-        )
-
-
-def _services_by_prefix(clusters: dict[str, Any], owner: dict[str, str]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for cluster, rc in clusters.items():
-        for prefix in rc.prefix:
-            if cluster in owner:
-                out.setdefault(prefix, set()).add(owner[cluster])
-    return out

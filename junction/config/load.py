@@ -11,11 +11,11 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from junction.config.decisions import cross_check_decisions
+from junction.config.decisions_check import cross_check_decisions
 from junction.config.errors import ConfigError, Problem, format_path
 from junction.config.model import Config, group_by_prefix
 from junction.config.yamldoc import Document, parse_yaml
-from junction.xds.names import RESERVED_CLUSTERS
+from junction.names import RESERVED_CLUSTERS
 
 __all__ = ["config_version", "cross_check", "load_config", "validate_document"]
 

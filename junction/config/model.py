@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    field_validator,
-)
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
 from pydantic_core import PydanticCustomError
+
+from junction.config.base import CLUSTER_NAME, Model, Seconds, check_names, int_in
+from junction.config.decisions import DecisionSettings, ExperimentsSection, VersionsSection
 
 __all__ = [
     "CLUSTER_NAME",
@@ -45,25 +38,11 @@ __all__ = [
     "group_by_prefix",
 ]
 
-#: Consul service names (and so cluster names): DNS-label-like, as Consul recommends.
-CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def _int_in(lo: int, hi: int) -> Any:
-    """An int in [lo, hi]; bools and floats are refused (YAML ``yes`` is not a port)."""
-
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise PydanticCustomError("junction", f"must be an integer {lo}..{hi}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
-        raise PydanticCustomError("junction", "must be a number of seconds, 0 < s <= 86400")
-    return float(value)
+# The shared pieces live in junction.config.base; these are the names this module's
+# models were written with.
+_Model = Model
+_int_in = int_in
+_check_names = check_names
 
 
 def _ip_address(value: Any) -> str:
@@ -79,27 +58,6 @@ Port = Annotated[int, _int_in(1, 65535)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 Weight = Annotated[int, _int_in(0, 100)]
 Threshold = Annotated[int, _int_in(1, 1000)]
-Seconds = Annotated[float, BeforeValidator(_seconds)]
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
-    )
-
-
-def _check_names(names: Mapping[str, Any], what: str) -> None:
-    for name in names:
-        if not CLUSTER_NAME.match(name):
-            raise PydanticCustomError(
-                "junction",
-                f"{what} name {name!r} must be letters, digits, '.', '_' or '-' "
-                "(a Consul service name)",
-            )
 
 
 # ---- listener ------------------------------------------------------------------------
@@ -285,12 +243,10 @@ class Config(_Model):
     ]
     cluster: ClusterSection = ClusterSection()
     endpoint: EndpointSection = EndpointSection()
-    # The decision service's sections (junction.config.decisions, imported at the end).
-    versions: _decisions.VersionsSection = {}
-    experiments: _decisions.ExperimentsSection = {}
-    decision: _decisions.DecisionSettings = Field(
-        default_factory=lambda: _decisions.DecisionSettings()
-    )
+    # The decision service's sections (junction.config.decisions).
+    versions: VersionsSection = {}
+    experiments: ExperimentsSection = {}
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
 
     @field_validator("route", mode="before")
     @classmethod
@@ -339,9 +295,3 @@ def group_by_prefix(block: RouteBlock) -> dict[str, list[tuple[str, int]]]:
         for prefix in rc.prefix:
             groups.setdefault(prefix, []).append((cluster, rc.weight))
     return groups
-
-
-# Last, because junction.config.decisions builds on _Model and the validators above; the
-# module-attribute form resolves in either import order, and pydantic completes Config's
-# annotations (strings, see `from __future__ import annotations`) on first use.
-import junction.config.decisions as _decisions  # noqa: E402

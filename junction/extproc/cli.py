@@ -131,18 +131,20 @@ def _sign_pin(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from junction.app import Settings
     from junction.canary.store import make_store
+    from junction.catalog.choose import SourceChoice
     from junction.extproc.http_adapter import HttpLimits
     from junction.extproc.service import ServiceSettings, run_until_signalled
 
-    sources = Settings(
+    sources = SourceChoice(
         config_path=args.config,
         instances_path=args.instances,
         consul_addr=args.consul_addr,
         consul_key=args.consul_key,
     )
-    sources.check()
+    problem = sources.problem()
+    if problem is not None:
+        raise JunctionError(problem)
     if args.idle_timeout <= 0 or args.request_timeout <= 0:
         raise JunctionError("--idle-timeout and --request-timeout must be positive")
     settings = ServiceSettings(

@@ -7,6 +7,7 @@ or a body it cannot parse, is an error and the filter's failure mode applies
 (``http_client_impl.cc``; checked against the real binary). It sends one message per
 request: only request headers, which is all Junction decides on.
 
+This module is the transport only; the message codec is :mod:`junction.extproc.codec`.
 The server is an :class:`asyncio.Protocol` over httptools (llhttp), meant for uvloop:
 
 * HTTP/1.1 keep-alive; ``Connection: close`` honoured; pipelined requests answered in
@@ -27,46 +28,25 @@ import binascii
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import httptools
 import orjson
 
+from junction.extproc.codec import (
+    BadMessage,
+    encode_json,
+    json_headers,
+    json_message,
+    json_noop,
+    json_source,
+)
 from junction.extproc.counters import Counters
-from junction.extproc.plan import METADATA_NAMESPACE, SET_COOKIE_KEY
 from junction.extproc.processor import Processor
 from junction.extproc.table import Decision
 
 __all__ = ["HttpLimits", "HttpProcessor", "encode_json", "serve_http"]
 
 log = logging.getLogger("junction.extproc")
-
-# Fields of ProcessingRequest (envoy/service/ext_proc/v3/external_processor.proto); any
-# other top-level key is an unknown field: 400.
-_REQUEST_FIELDS = frozenset(
-    {
-        "request_headers",
-        "response_headers",
-        "request_body",
-        "response_body",
-        "request_trailers",
-        "response_trailers",
-        "metadata_context",
-        "attributes",
-        "observability_mode",
-        "protocol_config",
-    }
-)
-_HTTP_HEADERS_FIELDS = frozenset({"headers", "attributes", "end_of_stream"})
-_HEADER_MAP_FIELDS = frozenset({"headers"})
-_HEADER_VALUE_FIELDS = frozenset({"key", "value", "raw_value"})
-_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
-_SOURCE_ATTRIBUTE = "source.address"
-
-
-class BadMessage(ValueError):
-    """The body is not a ProcessingRequest we accept (answered with 400)."""
-
 
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
@@ -100,45 +80,6 @@ _INTERNAL = _error(b"500 Internal Server Error", "decision failed")
 _HEALTHY = _http(b"200 OK", b"OK\n", b"text/plain")
 
 
-def _b64(text: str) -> str:
-    return binascii.b2a_base64(text.encode(), newline=False).decode()
-
-
-def encode_json(decision: Decision) -> bytes:
-    """``decision`` as a ``ProcessingResponse`` in proto3 JSON (what Envoy parses)."""
-    mutation: dict[str, Any] = {}
-    if decision.set_headers:
-        mutation["set_headers"] = [
-            {
-                "header": {"key": k, "raw_value": _b64(v)},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-            for k, v in decision.set_headers
-        ]
-    if decision.remove_headers:
-        mutation["remove_headers"] = list(decision.remove_headers)
-    msg: dict[str, Any]
-    if decision.status:
-        immediate: dict[str, Any] = {
-            "status": {"code": decision.status},
-            "body": _b64(decision.body),
-            "details": "junction_" + decision.tag.replace(",", "_").replace("=", "_"),
-        }
-        if mutation:
-            immediate["headers"] = mutation
-        msg = {"immediate_response": immediate}
-    else:
-        common: dict[str, Any] = {}
-        if mutation:
-            common["header_mutation"] = mutation
-        if decision.clear_route:
-            common["clear_route_cache"] = True
-        msg = {"request_headers": {"response": common} if common else {}}
-    if decision.set_cookie is not None:
-        msg["dynamic_metadata"] = {METADATA_NAMESPACE: {SET_COOKIE_KEY: decision.set_cookie}}
-    return orjson.dumps(msg)
-
-
 class HttpProcessor(Processor[bytes, bytes]):
     """Turns one POSTed JSON ``ProcessingRequest`` into a whole HTTP response."""
 
@@ -150,67 +91,22 @@ class HttpProcessor(Processor[bytes, bytes]):
         if table is None:
             return _NO_TABLE
         try:
-            msg = orjson.loads(body)
-            if type(msg) is not dict or not _REQUEST_FIELDS.issuperset(msg):
-                raise BadMessage("unknown fields")
+            msg = json_message(body)
             http_headers = msg.get("request_headers")
             if http_headers is None:
-                return self._noop(msg)
-            headers = _read_headers(http_headers, table.wanted)
-            source = _read_source(msg) if table.needs_source else None
+                # Another message kind (Envoy was configured to send more than headers):
+                # let it through unchanged, and count it.
+                noop = json_noop(msg)
+                self.counters.message_unexpected += 1
+                return _http(b"200 OK", orjson.dumps(noop))
+            headers = json_headers(http_headers, table.wanted)
+            source = json_source(msg) if table.needs_source else None
         except (orjson.JSONDecodeError, BadMessage, KeyError, TypeError, AttributeError,
                 ValueError, binascii.Error):  # fmt: skip
+            # Every way a body can fail to be a ProcessingRequest: the client's fault, 400.
             self.counters.http_bad_request += 1
             return _BAD_REQUEST
         return self.answer(table.decide(headers, source, self.counters))
-
-    def _noop(self, msg: dict[str, Any]) -> bytes:
-        """Another message kind (Envoy was configured to send more than headers): let it
-        through unchanged, and count it."""
-        kinds = [k for k in msg if k.startswith(("request_", "response_"))]
-        if len(kinds) != 1:
-            raise BadMessage("expected exactly one message kind")
-        self.counters.message_unexpected += 1
-        return _http(b"200 OK", orjson.dumps({kinds[0]: {}}))
-
-
-def _read_headers(http_headers: Any, wanted: frozenset[str]) -> dict[str, list[bytes]]:
-    """The wanted headers of an ``HttpHeaders`` message, values decoded to bytes. Raises on
-    unknown fields and wrong types (the caller answers 400)."""
-    if not _HTTP_HEADERS_FIELDS.issuperset(http_headers):
-        raise BadMessage("unknown fields")
-    header_map = http_headers.get("headers") or {}
-    if not _HEADER_MAP_FIELDS.issuperset(header_map):
-        raise BadMessage("unknown fields")
-    headers: dict[str, list[bytes]] = {}
-    for entry in header_map.get("headers") or ():
-        if not _HEADER_VALUE_FIELDS.issuperset(entry):
-            raise BadMessage("unknown fields")
-        key = entry["key"]
-        if key in wanted:
-            raw = entry.get("raw_value")
-            value = (
-                binascii.a2b_base64(raw, strict_mode=True)
-                if raw is not None
-                else entry["value"].encode()
-            )
-            found = headers.get(key)
-            if found is None:
-                headers[key] = [value]
-            else:
-                found.append(value)
-    return headers
-
-
-def _read_source(msg: dict[str, Any]) -> str | None:
-    """The downstream address Envoy put in the ``source.address`` attribute."""
-    attributes = msg.get("attributes")
-    if not attributes:
-        return None
-    source = attributes.get(_ATTRIBUTES_KEY, {}).get(_SOURCE_ATTRIBUTE)
-    if source is not None and type(source) is not str:
-        raise BadMessage("source.address is not a string")
-    return source
 
 
 class _Connection(asyncio.Protocol):

@@ -38,17 +38,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from junction.canary.apply import apply_canary, canary_weights
+from junction.canary.desired import DesiredState
 from junction.canary.source import CanaryStateSource
 from junction.canary.state import CanaryState
 from junction.canary.store import StateStore
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, ConfigSource
-from junction.config.errors import ConfigError
-from junction.config.load import config_version, load_config
 from junction.config.model import Config
-from junction.errors import JunctionError
 from junction.extproc.counters import COUNTER_NAMES, ROW_NAMES, SharedCounters, answer_json
+from junction.extproc.errors import ExtProcError
 from junction.extproc.http_adapter import HttpLimits
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
@@ -68,10 +66,6 @@ __all__ = [
 log = logging.getLogger("junction.extproc")
 
 _USABLE = (Health.HEALTHY, Health.DEGRADED)
-
-
-class ExtProcError(JunctionError):
-    """The decision service could not start (ports, workers)."""
 
 
 @dataclass(frozen=True)
@@ -109,30 +103,33 @@ class SidecarSettings:
 
 
 class _Inputs:
-    """The source sink: the last good config and the health of version clusters."""
+    """The source sink: the desired state (last good config, with the canary applied: the
+    same reducer as the xDS publisher's) and the health of version clusters."""
 
     def __init__(self, catalog: CatalogSource, changed: Any) -> None:
         self._catalog = catalog
         self._changed = changed
-        self.config: Config | None = None
-        self.version = ""
+        self.desired = DesiredState()
         self.usable: dict[str, bool] = {}
-        self.error: str | None = None
         self._failing: set[str] = set()
-        self.canary: dict[str, CanaryState] = {}
+
+    @property
+    def config(self) -> Config | None:
+        return self.desired.config
+
+    @property
+    def error(self) -> str | None:
+        error = self.desired.error
+        return None if error is None else str(error["message"])
 
     def config_text(self, origin: str, text: str) -> None:
-        try:
-            config = load_config(text, origin)
-        except ConfigError as exc:
-            self.error = exc.render()
-            log.error("config rejected; the last good one keeps serving:\n%s", self.error)
+        offer = self.desired.offer(origin, text)
+        if offer.outcome == "rejected":
+            log.error("config rejected; the last good one keeps serving:\n%s", offer.message)
             return
-        self.error = None
-        version = config_version(text)
-        if version == self.version:
+        config = self.desired.config
+        if offer.outcome == "unchanged" or config is None:
             return
-        self.config, self.version = config, version
         clusters = {c for sv in config.versions.values() for c in sv.clusters.values()}
         self._catalog.watch(frozenset(clusters))
         self._changed()
@@ -144,7 +141,7 @@ class _Inputs:
             self._changed()
 
     def canary_states(self, origin: str, states: Mapping[str, CanaryState]) -> None:
-        self.canary = dict(states)
+        self.desired.set_canary(states)
         self._changed()
 
     def source_error(self, origin: str, message: str) -> None:
@@ -157,15 +154,14 @@ class _Inputs:
             log.info("%s: readable again", origin)
 
     def table_inputs(self) -> TableInputs | None:
-        if self.config is None:
+        good, desired = self.desired.good, self.desired.desired()
+        if good is None or desired is None:
             return None
         unavailable = frozenset(c for c, ok in self.usable.items() if not ok)
         health = ",".join(sorted(unavailable))
-        weights = canary_weights(self.config, self.canary)
+        weights = self.desired.canary_weights()
         canary = ",".join(f"{k}={v}" for k, v in sorted(weights.items()))
-        return TableInputs(
-            apply_canary(self.config, self.canary), f"{self.version}/{health}/{canary}", unavailable
-        )
+        return TableInputs(desired, f"{good.version}/{health}/{canary}", unavailable)
 
 
 @dataclass

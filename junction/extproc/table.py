@@ -24,6 +24,7 @@ Assignment keys and buckets are in :mod:`junction.extproc.keys`.
 from __future__ import annotations
 
 import bisect
+import enum
 import ipaddress
 import os
 import random
@@ -39,10 +40,29 @@ from junction.extproc.keys import Hasher, Headers, KeyReader, Request, valid_sti
 from junction.extproc.pins import AMBIGUOUS, PinCheck, query_param, verify_pin
 from junction.extproc.plan import route_plans, wanted_headers
 
-__all__ = ["MAX_PIN", "NO_DECISION", "Decision", "DecisionTable"]
+__all__ = ["MAX_PIN", "NO_DECISION", "Decision", "DecisionKind", "DecisionTable"]
 
 #: Longest pin value considered (longer: refused, counted).
 MAX_PIN = 256
+
+
+class DecisionKind(enum.Enum):
+    """What decided: typed, so nothing has to read it back out of the tag."""
+
+    #: Nothing to decide on this route: Envoy continues unchanged.
+    NONE = "none"
+    #: A trusted pin to a version with a healthy host.
+    PIN = "pin"
+    #: A pin to a version without a healthy host, sent to the default instead.
+    PIN_FALLBACK = "pin-fallback"
+    #: A pin to a version without a healthy host, answered locally (503).
+    PIN_REJECTED = "pin-rejected"
+    #: An experiment's arm (with a version, or only a tag).
+    EXPERIMENT = "experiment"
+    #: The service's canary bucket (candidate or default).
+    CANARY = "canary"
+    #: Envoy's own weighted route picks.
+    ROUTE = "route"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -63,6 +83,8 @@ class Decision:
     body: str = ""
     #: A ``Set-Cookie`` value for the response (a freshly issued sticky key), else None.
     set_cookie: str | None = None
+    #: What decided (the tag says it to people, this to code).
+    kind: DecisionKind = DecisionKind.NONE
 
 
 #: For requests on routes with nothing to decide: Envoy continues unchanged.
@@ -101,16 +123,17 @@ class _Service:
         for version, cluster in sv.clusters.items():
             tag = f"pin={version}"
             if cluster not in unavailable:
-                self.pins[version.encode()] = self.decision(tag, version)
+                self.pins[version.encode()] = self.decision(tag, version, DecisionKind.PIN)
             elif pin is not None and pin.when_unavailable == "reject":
                 self.pins[version.encode()] = Decision(
                     tag=f"{tag},rejected",
                     status=503,
                     body=f"version {version} of {name} has no healthy host\n",
+                    kind=DecisionKind.PIN_REJECTED,
                 )
             else:
                 self.pins[version.encode()] = self.decision(
-                    f"{tag},fallback={sv.default}", sv.default
+                    f"{tag},fallback={sv.default}", sv.default, DecisionKind.PIN_FALLBACK
                 )
         # -- canary
         canary = sv.canary
@@ -119,9 +142,10 @@ class _Service:
         self.canary_key = KeyReader(canary.key) if canary else None
         self.canary_hash = Hasher(f"canary:{name}")
 
-    def decision(self, tag: str, version: str | None) -> Decision:
+    def decision(self, tag: str, version: str | None, kind: DecisionKind) -> Decision:
         """The decision routing to ``version`` (None: Envoy's weights) tagged ``tag``;
-        memoized, so each distinct decision is one object per table."""
+        memoized, so each distinct decision is one object per table (a tag names one
+        kind)."""
         found = self._decisions.get((tag, version))
         if found is not None:
             return found
@@ -137,7 +161,9 @@ class _Service:
             else:
                 # Nothing chosen: do not let a client's (untrusted) value flow upstream.
                 removes.append(self.propagate)
-        made = Decision(tag, tuple(sets), tuple(removes), clear_route=version is not None)
+        made = Decision(
+            tag, tuple(sets), tuple(removes), clear_route=version is not None, kind=kind
+        )
         self._decisions[(tag, version)] = made
         return made
 
@@ -175,9 +201,9 @@ class _Service:
         if decision is None:
             c.pin_unknown_version += 1
             return None
-        if decision.status:
+        if decision.kind is DecisionKind.PIN_REJECTED:
             c.pin_rejected += 1
-        elif "fallback" in decision.tag:
+        elif decision.kind is DecisionKind.PIN_FALLBACK:
             c.pin_fallback_default += 1
         else:
             c.decided_pin += 1
@@ -217,7 +243,7 @@ class _Service:
     def canary(self, req: Request, tag_prefix: str) -> Decision:
         """Candidate or default by bucket; Envoy's weights when there is no canary."""
         if self.canary_version is None or self.canary_key is None:
-            return self.decision(tag_prefix + "route", None)
+            return self.decision(tag_prefix + "route", None, DecisionKind.ROUTE)
         key = self.canary_key.read(req)
         if key is None:
             req.counters.key_random += 1
@@ -225,7 +251,7 @@ class _Service:
         else:
             n = self.canary_hash.bucket(key)
         version = self.canary_version if n < self.canary_limit else self.default
-        return self.decision(f"{tag_prefix}canary={version}", version)
+        return self.decision(f"{tag_prefix}canary={version}", version, DecisionKind.CANARY)
 
 
 class _Experiment:
@@ -395,7 +421,8 @@ class DecisionTable:
                 if cookie is not None:
                     counters.sticky_cookie_issued += 1
                 if version is not None and service is not None:
-                    return _with_cookie(service.decision(tag, version), cookie)
+                    kind = DecisionKind.EXPERIMENT
+                    return _with_cookie(service.decision(tag, version, kind), cookie)
                 tag_prefix = tag + ","
                 break
         if service is None:
@@ -414,7 +441,9 @@ class DecisionTable:
         found = self._tags.get(tag)
         if found is None:
             header = self.config.decision.header
-            found = Decision(tag, ((header, tag),) if header else ())
+            found = Decision(
+                tag, ((header, tag),) if header else (), kind=DecisionKind.EXPERIMENT
+            )
             self._tags[tag] = found
         return found
 
@@ -430,4 +459,5 @@ def _with_cookie(decision: Decision, cookie: str | None) -> Decision:
         decision.status,
         decision.body,
         set_cookie=cookie,
+        kind=decision.kind,
     )

@@ -32,6 +32,7 @@ from junction.xds.protocol import (
     StaleNonce,
     StreamKind,
 )
+from junction.xds.publisher import PublishTiming
 from junction.xds.resources import short_type
 
 __all__ = ["PUSH_BUCKETS", "XdsMetrics"]
@@ -128,8 +129,8 @@ class XdsMetrics(Collector):
         for key in [k for k in self._pending if k[0] == stream]:
             del self._pending[key]
 
-    def observe_publish(self, seconds: float) -> None:
-        self.publish.observe(seconds)
+    def observe_publish(self, timing: PublishTiming) -> None:
+        self.publish.observe(timing.wall)
 
     def _answered(self, stream: int, type_url: str, nonce: str) -> None:
         pending = self._pending.get((stream, type_url))

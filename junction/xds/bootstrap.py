@@ -32,7 +32,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
-from junction.errors import JunctionError
+from junction.xds.errors import XdsError
 from junction.xds.names import ALS_CLUSTER, EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER, XDS_CLUSTER
 from junction.xds.translate_cluster import ads_config_source, duration
 
@@ -63,7 +63,7 @@ EXTPROC_HTTP_IDLE_TIMEOUT = 30.0
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-class BootstrapError(JunctionError):
+class BootstrapError(XdsError):
     """The bootstrap options are invalid (a flag's value); the message names the option."""
 
 

@@ -16,7 +16,6 @@ Everything here runs on one asyncio event loop: call :meth:`set` from the loop's
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -52,7 +51,6 @@ class SnapshotCache:
     ) -> None:
         self._snapshot = snapshot
         self.registry = NodeRegistry(clock)
-        self._changed = asyncio.Event()
         self._watches: dict[int, Watch] = {}
         self._ids = itertools.count(1)
 
@@ -71,14 +69,6 @@ class SnapshotCache:
             return  # same resources (maybe a new origin label): nothing for Envoy to do
         for watch in list(self._watches.values()):
             watch.callback()
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def wait_newer(self, version: str | None) -> Snapshot:
-        """The newest snapshot, as soon as there is one whose version is not ``version``."""
-        while self._snapshot is None or self._snapshot.version == version:
-            await self._changed.wait()
-        return self._snapshot
 
     # ---- wake-ups -----------------------------------------------------------------------
 

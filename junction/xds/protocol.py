@@ -28,16 +28,25 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
-from junction.errors import JunctionError
+from junction.xds.errors import XdsError
+from junction.xds.events import (
+    Ack,
+    Connected,
+    Disconnected,
+    Event,
+    Nack,
+    Sent,
+    StaleNonce,
+    StreamKind,
+    Subscribed,
+    Superseded,
+    Unsubscribed,
+)
 from junction.xds.protocol_state import (
-    Inflight,
     NackInfo,
     NodeRegistry,
     NodeState,
     NodeStatus,
-    StreamKind,
-    StreamTypeState,
-    TypeState,
     TypeStatus,
     nonce_prefix,
     selection,
@@ -51,7 +60,8 @@ from junction.xds.resources import (
     Snapshot,
     short_type,
 )
-from junction.xds.view import View, compute_view, eds_name
+from junction.xds.type_state import Inflight, StreamTypeState, TypeState
+from junction.xds.view import View, compute_view
 
 __all__ = [
     "Ack",
@@ -83,7 +93,7 @@ __all__ = [
 # ---- errors -----------------------------------------------------------------------------
 
 
-class XdsProtocolError(JunctionError):
+class XdsProtocolError(XdsError):
     """The client broke the xDS protocol; the stream must end. Always the remote's fault."""
 
 
@@ -107,95 +117,6 @@ class MalformedRequest(XdsProtocolError):
     """Bytes that do not decode as the request message of the method."""
 
 
-# ---- events -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    node_id: str
-    kind: StreamKind
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    node_id: str
-    kind: StreamKind
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    type_url: str
-    version: str
-    nonce: str
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    """The node rejected ``version`` (sent with ``nonce``) and stays on ``kept_version``.
-
-    ``origin``/``config_version`` name the config the rejected response was built from.
-    """
-
-    type_url: str
-    version: str
-    nonce: str
-    error_detail: str
-    origin: str
-    config_version: str
-    kept_version: str
-
-
-@dataclass(frozen=True, slots=True)
-class StaleNonce:
-    """A request answering a response older than the latest one; not an ACK/NACK."""
-
-    type_url: str
-    nonce: str
-    latest: str
-
-
-@dataclass(frozen=True, slots=True)
-class Superseded:
-    """A newer stream of the same node owns this type; this stream ignores it now."""
-
-    type_url: str
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    type_url: str
-    names: tuple[str, ...]
-    wildcard: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
-    type_url: str
-    names: tuple[str, ...]
-    wildcard: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    type_url: str
-    version: str
-    nonce: str
-    resources: int
-    removed: int
-    restore: bool
-
-
-Event = (
-    Connected
-    | Disconnected
-    | Ack
-    | Nack
-    | StaleNonce
-    | Superseded
-    | Subscribed
-    | Unsubscribed
-    | Sent
-)
 R = TypeVar("R")
 Q = TypeVar("Q", bound=Message)
 
@@ -206,6 +127,12 @@ class Output(Generic[R]):
 
     responses: tuple[R, ...] = ()
     events: tuple[Event, ...] = ()
+
+    @property
+    def node_changed(self) -> bool:
+        """Did this change what the node holds, was sent or subscribes to? Then the node's
+        other streams must look again (make-before-break reads that state)."""
+        return any(e.changes_node for e in self.events)
 
 
 # ---- the stream core ----------------------------------------------------------------------
@@ -273,8 +200,7 @@ class StreamCore(ABC, Generic[Q, R]):
             return Output()
         self._closed = True
         for t in self._claimed:
-            if self._owned(t) is not None:
-                self.node.types[t].stream = None
+            self.node.types[t].release(self.id)
         self.registry.detach(self.node, self.id)
         return Output((), (Disconnected(self.node.node_id, self.kind),))
 
@@ -295,7 +221,7 @@ class StreamCore(ABC, Generic[Q, R]):
         if self.node is None:
             self.node = self.registry.attach(node_id, self.id, self.kind)
             events.append(Connected(node_id, self.kind))
-        self.node.last_seen = self.registry.clock()
+        self.registry.seen(self.node)
         return self.node.types[type_url]
 
     def _check_type(self, type_url: str) -> str:
@@ -319,14 +245,12 @@ class StreamCore(ABC, Generic[Q, R]):
 
     def _owned(self, type_url: str) -> StreamTypeState | None:
         assert self.node is not None
-        st = self.node.types[type_url].stream
-        return st if st is not None and st.owner == self.id else None
+        return self.node.types[type_url].owned_by(self.id)
 
     def _claim(self, ts: TypeState) -> StreamTypeState:
         """This stream now serves ``ts``'s type for the node (a fresh subscription)."""
-        ts.stream = st = StreamTypeState(owner=self.id)
         self._claimed.add(ts.type_url)
-        return st
+        return ts.claim(self.id)
 
     def _lost(self, type_url: str) -> bool:
         """True if this stream served the type once but a newer stream took it."""
@@ -350,50 +274,43 @@ class StreamCore(ABC, Generic[Q, R]):
                 continue
             ts = node.types[t]
             if view is None:
-                view = compute_view(snapshot, node.holdings())
-            ts.snapshot_version = snapshot.version
-            ts.target_version = selection(st.sub, snapshot.of_type(t), snapshot.versions[t])[1]
-            ts.waiting = frozenset(
-                n for n in view.waiting_of(t) if st.sub.wildcard or n in st.sub.names
+                view = compute_view(snapshot, node.holdings(), self.registry.view_memo)
+            ts.retarget(
+                snapshot.version,
+                selection(st.sub, snapshot.of_type(t), snapshot.versions[t])[1],
+                frozenset(n for n in view.waiting_of(t) if st.sub.wildcard or n in st.sub.names),
             )
             if st.awaiting:
                 continue  # one response in flight per type; the ACK brings the next one
             held = ts.held_token()
-            response = self._respond(ts, st, view, snapshot)
+            response = self._respond(ts, st, view, snapshot, events)
             if response is not None or ts.held_token() != held:
                 # What the node may hold changed (a response just built, or an adopted
                 # version): the next type needs a fresh view. Otherwise the view stands.
                 view = None
             if response is not None:
                 out.append(response)
-                inflight = st.inflight
-                assert inflight is not None
-                events.append(
-                    Sent(
-                        t,
-                        inflight.version,
-                        inflight.nonce,
-                        len(inflight.resources),
-                        len(inflight.removed),
-                        inflight.restore,
-                    )
-                )
         return out
 
     @abstractmethod
     def _respond(
-        self, ts: TypeState, st: StreamTypeState, view: View, snapshot: Snapshot
+        self,
+        ts: TypeState,
+        st: StreamTypeState,
+        view: View,
+        snapshot: Snapshot,
+        events: list[Event],
     ) -> R | None:
-        """The response due for one type (None: nothing to send)."""
+        """The response due for one type (None: nothing to send); a send adds its event."""
 
     def _record_send(
         self,
         ts: TypeState,
-        st: StreamTypeState,
         version: str,
         resources: dict[str, Resource],
         removed: tuple[str, ...],
         origin: tuple[str, str],
+        events: list[Event],
         *,
         restore: bool = False,
     ) -> Inflight:
@@ -407,91 +324,31 @@ class StreamCore(ABC, Generic[Q, R]):
             config_version=origin[1],
             restore=restore,
         )
-        st.nonce = inflight.nonce
-        st.awaiting = True
-        st.inflight = inflight
-        st.sent_any = True
-        ts.last_sent = inflight
-        ts.sent_at = self.registry.clock()
         if ts.type_url == CLUSTER:
-            self._rewarm(ts, resources)
-        # Sent but not ACKed: the node may already use it (make-before-break counts it).
-        ts.pending.update(resources)
+            # Resend, right after this CDS response, the endpoints of every EDS cluster it
+            # changes: Envoy warms an updated cluster until a ClusterLoadAssignment
+            # arrives, even an unchanged one (xDS protocol, "Resource warming"), and does
+            # not ACK the CDS update before that, so waiting for the ACK would stall until
+            # Envoy's initial fetch timeout.
+            assert self.node is not None
+            self.node.types[ENDPOINT].request_rewarm(ts.changed_eds_names(resources))
+        events.append(ts.record_send(inflight, self.registry.clock()))
         return inflight
-
-    def _rewarm(self, ts: TypeState, clusters: dict[str, Resource]) -> None:
-        """Resend, right after this CDS response, the endpoints of every EDS cluster it
-        changes: Envoy warms an updated cluster until a ClusterLoadAssignment arrives, even
-        an unchanged one (xDS protocol, "Resource warming"), and does not ACK the CDS
-        update before that, so waiting for the ACK would stall until Envoy's initial fetch
-        timeout."""
-        assert self.node is not None
-        rewarm = self.node.types[ENDPOINT].rewarm
-        for name, cluster in clusters.items():
-            acked = ts.acked_versions.get(name)
-            pending = ts.pending.get(name)
-            changed = (acked is not None and acked != cluster.version) or (
-                pending is not None and pending.version != cluster.version
-            )
-            cla = eds_name(cluster.message) if changed else None
-            if cla is not None:
-                rewarm.add(cla)
 
     def _answer(
         self,
         ts: TypeState,
-        st: StreamTypeState,
         nonce: str,
         error: str | None,
         kept_version: str,
         events: list[Event],
     ) -> None:
         """An ACK (``error`` None) or NACK of the response in flight with ``nonce``."""
-        inflight = st.inflight
-        assert inflight is not None and inflight.nonce == nonce
-        st.awaiting = False
         if error is None:
-            self._ack(ts, inflight)
-            events.append(Ack(ts.type_url, inflight.version, nonce))
-            return
-        ts.nack = NackInfo(
-            version=inflight.version,
-            nonce=nonce,
-            error_detail=error,
-            at=self.registry.clock(),
-            origin=inflight.origin,
-            config_version=inflight.config_version,
-        )
-        # Never send this version again for this type: wait for a different target.
-        ts.poison(inflight.version)
-        events.append(
-            Nack(
-                ts.type_url,
-                inflight.version,
-                nonce,
-                error,
-                inflight.origin,
-                inflight.config_version,
-                kept_version,
-            )
-        )
-        # Put the node back on what it ACKed last (it may have applied part of the
-        # rejected update); not after a rejected restore, which would loop.
-        if not inflight.restore:
-            self._nacked(ts, st, inflight)
-
-    def _ack(self, ts: TypeState, inflight: Inflight) -> None:
-        self._apply_ack(ts, inflight)
-        ts.pending.clear()
-        ts.acked_origin, ts.acked_config_version = inflight.origin, inflight.config_version
-
-    @abstractmethod
-    def _apply_ack(self, ts: TypeState, inflight: Inflight) -> None:
-        """Record what the node holds once it ACKed ``inflight``."""
-
-    @abstractmethod
-    def _nacked(self, ts: TypeState, st: StreamTypeState, inflight: Inflight) -> None:
-        """Arrange for the node to be put back on its ACKed resources."""
+            events.append(ts.on_ack(nonce, delta=self.delta))
+        else:
+            at = self.registry.clock()
+            events.append(ts.on_nack(nonce, error, at, kept_version, delta=self.delta))
 
 
 def _default_prefix() -> str:

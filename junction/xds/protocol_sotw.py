@@ -27,20 +27,11 @@ from junction.xds.protocol import (
     Output,
     StaleNonce,
     StreamCore,
-    Subscribed,
     Superseded,
-    Unsubscribed,
 )
-from junction.xds.protocol_state import (
-    WILDCARD,
-    WILDCARD_TYPES,
-    Inflight,
-    StreamTypeState,
-    TypeState,
-    selection,
-    version_of,
-)
+from junction.xds.protocol_state import selection, version_of
 from junction.xds.resources import ENDPOINT, Resource, Snapshot
+from junction.xds.type_state import Inflight, StreamTypeState, TypeState
 from junction.xds.view import View
 
 __all__ = ["SotwStream"]
@@ -62,7 +53,7 @@ class SotwStream(StreamCore[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         first = not nonce
         if first:
             st = self._claim(ts)
-            self._adopt(ts, request.version_info)
+            ts.adopt(request.version_info)
         else:
             owned = self._owned(t)
             if owned is None:
@@ -76,76 +67,37 @@ class SotwStream(StreamCore[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
                 return Output((), tuple(events))
             if st.awaiting:
                 error = _error(request)
-                self._answer(ts, st, nonce, error, request.version_info, events)
-        self._subscribe(ts, st, list(request.resource_names), first, events)
+                self._answer(ts, nonce, error, request.version_info, events)
+        events.extend(ts.subscribe_sotw(list(request.resource_names), first))
         return Output(tuple(self._pump(snapshot, events)), tuple(events))
-
-    # ---- requests -----------------------------------------------------------------------
-
-    def _adopt(self, ts: TypeState, version_info: str) -> None:
-        """A (re)subscription: take what the node says it has as its ACKed state."""
-        ts.pending.clear()
-        last = ts.last_sent
-        if not version_info:
-            ts.set_acked({}, {})
-        elif version_info == ts.acked_version and ts.acked_known:
-            pass
-        elif last is not None and not last.removed and version_info == last.version:
-            # It applied the last response before the old stream broke.
-            ts.set_acked(last.resources, {n: r.version for n, r in last.resources.items()})
-            ts.acked_origin, ts.acked_config_version = last.origin, last.config_version
-        else:
-            # A version this process did not send (e.g. before a restart): content unknown
-            # until a view with this very version proves it (see _respond).
-            ts.set_acked({}, {})
-            ts.acked_known = False
-        ts.acked_version = version_info
-
-    def _subscribe(
-        self, ts: TypeState, st: StreamTypeState, names: list[str], first: bool, events: list[Event]
-    ) -> None:
-        sub = st.sub
-        t = ts.type_url
-        if not names and sub.legacy and t in WILDCARD_TYPES:
-            wildcard, wanted = True, set[str]()
-        else:
-            sub.legacy = sub.legacy and not names
-            wildcard, wanted = WILDCARD in names, set(names) - {WILDCARD}
-        added, dropped = wanted - sub.names, sub.names - wanted
-        if first or added or (wildcard and not sub.wildcard):
-            shown = wanted if first else added
-            events.append(Subscribed(t, tuple(sorted(shown)), wildcard))
-        if dropped or (sub.wildcard and not wildcard):
-            events.append(Unsubscribed(t, tuple(sorted(dropped)), sub.wildcard and not wildcard))
-        sub.wildcard, sub.names = wildcard, wanted
-        if not wildcard:
-            # Envoy drops what it no longer subscribes to; it no longer counts as held.
-            ts.forget([n for n in ts.acked_versions if n not in wanted])
 
     # ---- responses ----------------------------------------------------------------------
 
     def _respond(
-        self, ts: TypeState, st: StreamTypeState, view: View, snapshot: Snapshot
+        self,
+        ts: TypeState,
+        st: StreamTypeState,
+        view: View,
+        snapshot: Snapshot,
+        events: list[Event],
     ) -> discovery_pb2.DiscoveryResponse | None:
         t = ts.type_url
-        if st.restore is not None:
-            st.restore = None
-            if ts.acked_known and ts.acked_version:
-                content = st.sub.select(ts.acked)
-                version = version_of(content)
-                if version not in ts.poisoned_versions:
-                    origin = (ts.acked_origin, ts.acked_config_version)
-                    inflight = self._record_send(ts, st, version, content, (), origin, restore=True)
-                    return _response(t, inflight)
+        if st.take_restore() is not None and ts.acked_known and ts.acked_version:
+            content = st.sub.select(ts.acked)
+            version = version_of(content)
+            if version not in ts.poisoned_versions:
+                origin = (ts.acked_origin, ts.acked_config_version)
+                inflight = self._record_send(ts, version, content, (), origin, events, restore=True)
+                return _response(t, inflight)
         available = view.of_type(t)
         # Unchanged by make-before-break, the view's mapping is the snapshot's own, whose
         # type version is known (no rehash of the whole type per response).
-        known = snapshot.versions[t] if available is snapshot.of_type(t) else ""
+        known = snapshot.versions[t] if snapshot.owns(t, available) else ""
         wanted, version = selection(st.sub, available, known)
         if not ts.acked_known and version == ts.acked_version:
             # The node reported exactly this version: it holds exactly these resources.
-            ts.set_acked(wanted, {n: r.version for n, r in wanted.items()})
-        forced = t == ENDPOINT and bool(ts.rewarm & wanted.keys())
+            ts.learn(wanted)
+        forced = t == ENDPOINT and bool(ts.rewarm_due(wanted.keys()))
         if version in ts.poisoned_versions:
             return None  # NACKed before: wait for a different target
         if version == ts.acked_version and not forced:
@@ -154,17 +106,9 @@ class SotwStream(StreamCore[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
             # First connect and nothing of this type is ready yet: an empty answer would let
             # Envoy finish initializing without it.
             return None
-        ts.rewarm -= wanted.keys()
+        ts.rewarmed(wanted.keys())
         origin = (snapshot.origin, snapshot.config_version)
-        return _response(t, self._record_send(ts, st, version, dict(wanted), (), origin))
-
-    def _apply_ack(self, ts: TypeState, inflight: Inflight) -> None:
-        # SotW: the node now holds exactly what the response carried.
-        ts.set_acked(inflight.resources, {n: r.version for n, r in inflight.resources.items()})
-        ts.acked_version = inflight.version
-
-    def _nacked(self, ts: TypeState, st: StreamTypeState, inflight: Inflight) -> None:
-        st.restore = set()
+        return _response(t, self._record_send(ts, version, dict(wanted), (), origin, events))
 
 
 def _error(request: discovery_pb2.DiscoveryRequest) -> str | None:

@@ -1,7 +1,8 @@
 """Per-node xDS state and the status it exposes: plain data, no I/O.
 
-A :class:`NodeState` records, per type URL, what the node ACKed (content and versions),
-what was sent since, the last NACK and the versions never to resend. It is keyed by node
+A :class:`NodeState` records, per type URL, a :class:`~junction.xds.type_state.TypeState`
+(what the node ACKed, what was sent since, the last NACK and the versions never to
+resend), which changes only through its own transitions. It is keyed by node
 id in a :class:`NodeRegistry`, so every stream of one node (ADS, or the separate per-type
 CDS/EDS/LDS/RDS streams) reads and updates the same state. :meth:`NodeState.status`
 turns it into frozen :class:`NodeStatus` values for ``/status`` and ``/healthz``.
@@ -9,17 +10,25 @@ turns it into frozen :class:`NodeStatus` values for ``/status`` and ``/healthz``
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
-from junction.xds.resources import ADS_ORDER, CLUSTER, LISTENER, Resource, short_type
-from junction.xds.view import Holding
+from junction.xds.events import StreamKind
+from junction.xds.resources import ADS_ORDER, Resource, digest_versions, short_type
+from junction.xds.type_state import (
+    WILDCARD,
+    WILDCARD_TYPES,
+    Inflight,
+    NackInfo,
+    StreamTypeState,
+    Subscription,
+    TypeState,
+)
+from junction.xds.view import Holding, ViewMemo
 
 __all__ = [
     "WILDCARD",
@@ -37,44 +46,11 @@ __all__ = [
     "digest_versions",
     "nonce_prefix",
     "selection",
+    "type_status",
     "version_of",
 ]
 
-#: Types whose empty initial subscription means "everything" (xDS protocol, "How the
-#: client specifies what resources to return": legacy wildcard; Envoy uses it for both).
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-WILDCARD = "*"
-_POISON_MAX = 32
-
-
-@dataclass(frozen=True, slots=True)
-class StreamKind:
-    """``sotw``/``delta`` and ADS or the one type URL of a per-type service."""
-
-    delta: bool
-    type_url: str | None = None
-
-    @property
-    def ads(self) -> bool:
-        return self.type_url is None
-
-    def __str__(self) -> str:
-        variant = "delta" if self.delta else "sotw"
-        service = "ads" if self.type_url is None else short_type(self.type_url)
-        return f"{variant}/{service}"
-
-
 # ---- status (plain data for /status and /healthz) ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NackInfo:
-    version: str
-    nonce: str
-    error_detail: str
-    at: float
-    origin: str
-    config_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,18 +149,6 @@ class NodeStatus:
 # ---- versions ---------------------------------------------------------------------------
 
 
-def digest_versions(versions: Mapping[str, str]) -> str:
-    """A type version from ``name -> resource version``.
-
-    The same value as :func:`junction.xds.resources.type_version` over those resources
-    (a test pins this), so SotW ``version_info`` and delta ``system_version_info`` agree.
-    """
-    # "name=version" lines, joined in C (map/str.join): ~2x faster than an f-string per
-    # line, and this runs on every delta response and ACK (1000 names at 1000 clusters).
-    text = "\n".join(map("=".join, sorted(versions.items())))
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
 def version_of(resources: Mapping[str, Resource]) -> str:
     return digest_versions({n: r.version for n, r in resources.items()})
 
@@ -207,167 +171,32 @@ def selection(
 # ---- per-node state ---------------------------------------------------------------------
 
 
-@dataclass
-class Subscription:
-    """What a stream asked for of one type: wildcard and/or explicit names."""
-
-    wildcard: bool = False
-    #: No name was ever given: an empty list still means wildcard (CDS/LDS only).
-    legacy: bool = True
-    names: set[str] = field(default_factory=set)
-
-    def select(self, resources: Mapping[str, Resource]) -> dict[str, Resource]:
-        if self.wildcard:
-            return dict(resources)
-        return {n: resources[n] for n in sorted(self.names) if n in resources}
-
-    def covers(self, resources: Mapping[str, Resource]) -> bool:
-        """Does :meth:`select` give all of ``resources``? (Then a snapshot's mapping and its
-        type version can be used as they are: no copy, no rehash of the whole type.)"""
-        return self.wildcard or self.names.issuperset(resources.keys())
-
-    @property
-    def active(self) -> bool:
-        return self.wildcard or bool(self.names)
-
-
-@dataclass
-class Inflight:
-    """The latest response of one type on a stream, until it is ACKed or NACKed."""
-
-    nonce: str
-    version: str
-    resources: dict[str, Resource]
-    removed: tuple[str, ...]
-    origin: str
-    config_version: str
-    restore: bool
-
-
-@dataclass
-class StreamTypeState:
-    """Stream-scoped part of a type's state: reset when a new stream takes the type."""
-
-    owner: int
-    sub: Subscription = field(default_factory=Subscription)
-    nonce: str = ""
-    awaiting: bool = False
-    inflight: Inflight | None = None
-    sent_any: bool = False
-    #: After a NACK: the names to put back to their ACKed content (delta) / all (SotW).
-    restore: set[str] | None = None
-    #: Delta: what the node has, or will have once it applies what was sent.
-    client: dict[str, str] = field(default_factory=dict)
-    #: Delta: subscribed names already reported as non-existent (removed_resources).
-    reported_missing: set[str] = field(default_factory=set)
-    #: Delta: ``name -> version`` of the last target mapping compared with ``client``,
-    #: with that (immutable) mapping: computed once per snapshot, not once per response.
-    target_versions: tuple[Mapping[str, Resource], dict[str, str]] | None = None
-
-    def versions_of(self, resources: Mapping[str, Resource]) -> dict[str, str]:
-        """``name -> version`` of ``resources``, an immutable mapping (a snapshot's own)."""
-        memo = self.target_versions
-        if memo is None or memo[0] is not resources:
-            memo = self.target_versions = (resources, {n: r.version for n, r in resources.items()})
-        return memo[1]
-
-
-@dataclass
-class TypeState:
-    """Node-scoped state of one type URL: survives reconnects of the node."""
-
-    type_url: str
-    acked: dict[str, Resource] = field(default_factory=dict)
-    acked_versions: dict[str, str] = field(default_factory=dict)
-    acked_version: str = ""
-    acked_origin: str = ""
-    acked_config_version: str = ""
-    #: False when the node reported a version whose content this process cannot know.
-    acked_known: bool = True
-    pending: dict[str, Resource] = field(default_factory=dict)
-    last_sent: Inflight | None = None
-    sent_at: float | None = None
-    nack: NackInfo | None = None
-    poisoned_versions: list[str] = field(default_factory=list)
-    poisoned_resources: set[tuple[str, str]] = field(default_factory=set)
-    poisoned_removals: set[str] = field(default_factory=set)
-    poison_snapshot: str = ""
-    #: EDS names to resend although unchanged: their cluster was just updated (see
-    #: StreamCore._rewarm).
-    rewarm: set[str] = field(default_factory=set)
-    target_version: str = ""
-    snapshot_version: str = ""
-    waiting: frozenset[str] = frozenset()
-    stream: StreamTypeState | None = None
-
-    def holding(self) -> Holding:
-        """What the node holds of this type, as read-only views of this state: valid until
-        the state changes (:func:`~junction.xds.view.compute_view` uses it at once). Views,
-        not copies, because a view is computed per type on every pump (1000 clusters: two
-        1000-entry copies per type, eight views per one-instance change)."""
-        acked: Mapping[str, Resource | None]
-        if self.acked.keys() == self.acked_versions.keys():
-            acked = MappingProxyType(self.acked)  # the usual case: every content known
-        else:
-            acked = {n: self.acked.get(n) for n in self.acked_versions}
-        return Holding(acked=acked, pending=MappingProxyType(self.pending))
-
-    def held_token(self) -> tuple[object, ...]:
-        """Differs after anything a response can do to :meth:`holding`: replace the ACKed
-        dicts (set_acked), record a send (a new ``last_sent``, more pending), or learn the
-        ACKed content. For reusing a view within one pump while nothing changed."""
-        return (
-            id(self.acked),
-            id(self.acked_versions),
-            self.acked_known,
-            id(self.last_sent),
-            len(self.pending),
-        )
-
-    def set_acked(
-        self, resources: Mapping[str, Resource | None], versions: Mapping[str, str]
-    ) -> None:
-        self.acked = {n: r for n, r in resources.items() if r is not None}
-        self.acked_versions = dict(versions)
-        self.acked_known = True
-
-    def forget(self, names: Iterable[str]) -> None:
-        """The node dropped these (unsubscribed): they no longer count as held."""
-        for n in names:
-            self.acked.pop(n, None)
-            self.acked_versions.pop(n, None)
-            self.pending.pop(n, None)
-
-    def poison(self, version: str) -> None:
-        if version not in self.poisoned_versions:
-            self.poisoned_versions.append(version)
-            del self.poisoned_versions[:-_POISON_MAX]
-
-    def status(self, latest: str | None) -> TypeStatus:
-        st = self.stream
-        subscribed = st is not None and st.sub.active
-        awaiting = st is not None and st.awaiting
-        last = self.last_sent
-        in_sync = not subscribed or (
-            latest is not None
-            and self.snapshot_version == latest
-            and not awaiting
-            and not self.waiting
-            and self.acked_known
-            and self.acked_version == self.target_version
-        )
-        return TypeStatus(
-            type_url=self.type_url,
-            subscribed=subscribed,
-            sent_version="" if last is None else last.version,
-            sent_nonce="" if last is None else last.nonce,
-            acked_version=self.acked_version,
-            target_version=self.target_version,
-            awaiting_ack=awaiting,
-            waiting=tuple(sorted(self.waiting)),
-            nack=self.nack,
-            in_sync=in_sync,
-        )
+def type_status(ts: TypeState, latest: str | None) -> TypeStatus:
+    """``ts`` as plain data; ``latest`` is the newest snapshot's version (None: none yet)."""
+    st = ts.stream
+    subscribed = st is not None and st.sub.active
+    awaiting = st is not None and st.awaiting
+    last = ts.last_sent
+    in_sync = not subscribed or (
+        latest is not None
+        and ts.snapshot_version == latest
+        and not awaiting
+        and not ts.waiting
+        and ts.acked_known
+        and ts.acked_version == ts.target_version
+    )
+    return TypeStatus(
+        type_url=ts.type_url,
+        subscribed=subscribed,
+        sent_version="" if last is None else last.version,
+        sent_nonce="" if last is None else last.nonce,
+        acked_version=ts.acked_version,
+        target_version=ts.target_version,
+        awaiting_ack=awaiting,
+        waiting=tuple(sorted(ts.waiting)),
+        nack=ts.nack,
+        in_sync=in_sync,
+    )
 
 
 @dataclass
@@ -387,7 +216,7 @@ class NodeState:
         return {t: ts.holding() for t, ts in self.types.items()}
 
     def status(self, latest: str | None) -> NodeStatus:
-        types = tuple(self.types[t].status(latest) for t in ADS_ORDER)
+        types = tuple(type_status(self.types[t], latest) for t in ADS_ORDER)
         connected = bool(self.streams)
         synced = connected and any(t.subscribed for t in types) and all(t.in_sync for t in types)
         return NodeStatus(
@@ -409,6 +238,8 @@ class NodeRegistry:
         self._nodes: dict[str, NodeState] = {}
         self._ids = itertools.count(1)
         self._keep = keep_disconnected
+        #: Shared by every stream's views: what resources reference (see ViewMemo).
+        self.view_memo = ViewMemo()
 
     def new_stream_id(self) -> int:
         return next(self._ids)
@@ -427,6 +258,10 @@ class NodeRegistry:
         gone = sorted((n for n in self._nodes.values() if not n.streams), key=lambda n: n.last_seen)
         for stale in gone[: max(0, len(gone) - self._keep)]:
             del self._nodes[stale.node_id]
+
+    def seen(self, node: NodeState) -> None:
+        """``node`` sent a request just now."""
+        node.last_seen = self.clock()
 
     def get(self, node_id: str) -> NodeState | None:
         return self._nodes.get(node_id)

@@ -16,6 +16,10 @@ rebuilds the snapshot when either changes, then hands it to the snapshot cache:
   input: :func:`~junction.canary.apply.apply_canary` sets the route weights of each ramped
   service's (baseline, candidate) pair before translation, so a new state reaches Envoy
   with the next publish (within ``settle`` + ``min_interval``).
+
+"Last good config, with the canary applied" is a
+:class:`~junction.canary.desired.DesiredState`, the same reducer the decision service
+reads, so Envoy's route weights and the sticky canary buckets cannot disagree.
 """
 
 from __future__ import annotations
@@ -28,19 +32,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from junction.canary.apply import apply_canary, canary_weights
+from junction.canary.desired import DesiredState
 from junction.canary.state import CanaryState
 from junction.catalog.model import Catalog, Instance
 from junction.catalog.source import CatalogSource
-from junction.config.errors import ConfigError
-from junction.config.load import config_version, load_config
 from junction.config.model import Config
 from junction.xds.incremental import IncrementalTranslator
 from junction.xds.resources import Snapshot
 from junction.xds.translate import DEFAULT_OPTIONS, TranslateOptions
 from junction.xds.validate import check_snapshot
 
-__all__ = ["Publisher", "SnapshotSink"]
+__all__ = ["PublishTiming", "Publisher", "SnapshotSink"]
 
 log = logging.getLogger("junction.xds")
 
@@ -58,16 +60,23 @@ class _SourceState:
     since: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
-class _GoodConfig:
-    config: Config
-    origin: str
-    version: str
-    accepted_at: float
+@dataclass(frozen=True, slots=True)
+class PublishTiming:
+    """One :meth:`Publisher.publish_now`: its wall and CPU (this thread's) seconds, when it
+    ended (``time.perf_counter()``), and what it returned."""
+
+    wall: float
+    cpu: float
+    ended_at: float
+    snapshot: Snapshot | None
 
 
 class Publisher:
-    """Implements ``SourceSink``; run :meth:`run` as a task for the publisher's lifetime."""
+    """Implements ``SourceSink``; run :meth:`run` as a task for the publisher's lifetime.
+
+    ``on_publish``, when given, is told the :class:`PublishTiming` of every publish step
+    (for benchmarks; without it nothing is timed).
+    """
 
     def __init__(
         self,
@@ -79,7 +88,7 @@ class Publisher:
         min_interval: float = 0.1,
         catalog_grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        on_publish: Callable[[float], None] | None = None,
+        on_publish: Callable[[PublishTiming], None] | None = None,
     ) -> None:
         self._cache = cache
         self._on_publish = on_publish
@@ -90,8 +99,8 @@ class Publisher:
         self._catalog_grace = catalog_grace
         self._clock = clock
 
-        self._good: _GoodConfig | None = None
-        self._config_error: dict[str, Any] | None = None
+        #: The last good config, with the canary applied (shared with the decision service).
+        self._desired = DesiredState()
         self._catalog = Catalog()
         self._reported: set[str] = set()  # services the catalog has reported at least once
         self._sources: dict[str, _SourceState] = {}
@@ -101,28 +110,20 @@ class Publisher:
         self._published_at = 0.0
         self.publishes = 0  # for tests and /status: how many snapshots were handed on
         # Monotonic counts for /status and /metrics, by origin.
-        self._accepted: collections.Counter[str] = collections.Counter()
-        self._rejected: collections.Counter[str] = collections.Counter()
-        self._source_errors: collections.Counter[str] = collections.Counter()
-        self._canary: dict[str, CanaryState] = {}
-        # (config, the canary weights applied, the resulting config): the same weights give
-        # the same Config object, so the incremental translator keeps its cache.
-        self._applied: tuple[Config, dict[str, int], Config] | None = None
+        self._accepted_by: collections.Counter[str] = collections.Counter()
+        self._rejected_by: collections.Counter[str] = collections.Counter()
+        self._errors_by: collections.Counter[str] = collections.Counter()
 
     # ---- SourceSink -----------------------------------------------------------------
 
     def config_text(self, origin: str, text: str) -> None:
-        version = config_version(text)
-        if self._good is not None and self._good.version == version:
-            self._config_error = None
-            self.source_ok(origin)
+        offer = self._desired.offer(origin, text)
+        if offer.outcome == "rejected":
+            self._rejected(origin, offer.message)
             return
-        try:
-            config = load_config(text, origin)
-        except ConfigError as exc:
-            self._reject(origin, version, exc.render())
-            return
-        self._accept(config, origin, version)
+        self.source_ok(origin)
+        if offer.outcome == "accepted":
+            self._accepted(origin, offer.version)
 
     def instances(self, service: str, instances: Iterable[Instance]) -> None:
         new = tuple(instances)
@@ -133,7 +134,7 @@ class Publisher:
             self._dirty.set()
 
     def source_error(self, origin: str, message: str) -> None:
-        self._source_errors[origin] += 1
+        self._errors_by[origin] += 1
         state = self._sources.get(origin)
         if state is None or state.ok or state.error != message:
             log.warning("source %s: %s (serving the last good state)", origin, message)
@@ -150,36 +151,21 @@ class Publisher:
 
     def canary_states(self, origin: str, states: Mapping[str, CanaryState]) -> None:
         """The stored canary states (complete); route weights follow them."""
-        self._canary = dict(states)
+        self._desired.set_canary(states)
         self._dirty.set()
-
-    def _with_canary(self, config: Config) -> Config:
-        weights = canary_weights(config, self._canary)
-        applied = self._applied
-        if applied is None or applied[0] is not config or applied[1] != weights:
-            applied = (config, weights, apply_canary(config, self._canary))
-            self._applied = applied
-        return applied[2]
 
     # ---- config ---------------------------------------------------------------------
 
-    def _reject(self, origin: str, version: str, message: str) -> None:
+    def _rejected(self, origin: str, message: str) -> None:
         log.error("config rejected, the last good config keeps serving:\n%s", message)
-        self._rejected[origin] += 1
-        self._config_error = {
-            "origin": origin,
-            "version": version,
-            "message": message,
-            "at": time.time(),
-        }
+        self._rejected_by[origin] += 1
         self.source_error(origin, "config rejected (see config.last_error)")
 
-    def _accept(self, config: Config, origin: str, version: str) -> None:
-        self._good = _GoodConfig(config, origin, version, time.time())
-        self._accepted[origin] += 1
-        self._config_error = None
-        self.source_ok(origin)
+    def _accepted(self, origin: str, version: str) -> None:
+        config = self._desired.config
+        assert config is not None
         log.info("config %s accepted from %s", version, origin)
+        self._accepted_by[origin] += 1
         if self._catalog_source is not None:
             self._catalog_source.watch(frozenset(config.cluster_names()))
         self._waiting_since = None
@@ -189,27 +175,25 @@ class Publisher:
 
     def build(self) -> Snapshot | None:
         """Translate the current state; None (and the error recorded) if it is not publishable."""
-        good = self._good
-        if good is None:
+        good, desired = self._desired.good, self._desired.desired()
+        if good is None or desired is None:
             return None
         snapshot = self._translator.translate(
-            self._with_canary(good.config),
-            self._catalog,
-            origin=good.origin,
-            config_version=good.version,
+            desired, self._catalog, origin=good.origin, config_version=good.version
         )
         problems = check_snapshot(snapshot)
         if problems:
-            self._reject(
-                good.origin, good.version, "\n".join(f"{good.origin}: {p}" for p in problems)
-            )
+            message = "\n".join(f"{good.origin}: {p}" for p in problems)
+            self._desired.reject(good.origin, good.version, message)
+            self._rejected(good.origin, message)
             return None
         return snapshot
 
     def _missing_services(self) -> set[str]:
-        if self._good is None or self._catalog_source is None:
+        config = self._desired.config
+        if config is None or self._catalog_source is None:
             return set()
-        return set(self._good.config.cluster_names()) - self._reported
+        return set(config.cluster_names()) - self._reported
 
     async def run(self) -> None:
         """Rebuild and publish on every change, coalesced, until cancelled."""
@@ -238,7 +222,15 @@ class Publisher:
 
     def publish_now(self) -> Snapshot | None:
         """Build and hand on a snapshot if it differs from the last one published."""
-        started = time.perf_counter()
+        if self._on_publish is None:
+            return self._publish()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        snapshot = self._publish()
+        end = time.perf_counter()
+        self._on_publish(PublishTiming(end - wall, time.thread_time() - cpu, end, snapshot))
+        return snapshot
+
+    def _publish(self) -> Snapshot | None:
         snapshot = self.build()
         if snapshot is None:
             return None
@@ -248,8 +240,6 @@ class Publisher:
         self._published = snapshot
         self._published_at = self._clock()
         self.publishes += 1
-        if self._on_publish is not None:
-            self._on_publish(time.perf_counter() - started)
         log.info(
             "published snapshot %s (config %s: %s)",
             snapshot.version,
@@ -262,7 +252,7 @@ class Publisher:
 
     @property
     def config(self) -> Config | None:
-        return self._good.config if self._good else None
+        return self._desired.config
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -270,16 +260,16 @@ class Publisher:
 
     def status(self) -> dict[str, Any]:
         """Plain data for ``GET /status``."""
-        good = self._good
+        good = self._desired.good
         snap = self._published
         return {
             "config": {
                 "origin": good.origin if good else None,
                 "version": good.version if good else None,
                 "accepted_at": good.accepted_at if good else None,
-                "last_error": self._config_error,
-                "accepted": dict(self._accepted),
-                "rejected": dict(self._rejected),
+                "last_error": self._desired.error,
+                "accepted": dict(self._accepted_by),
+                "rejected": dict(self._rejected_by),
             },
             "snapshot": {
                 "version": snap.version if snap else None,
@@ -292,7 +282,7 @@ class Publisher:
                     "ok": s.ok,
                     "error": s.error,
                     "since": s.since,
-                    "errors": self._source_errors[origin],
+                    "errors": self._errors_by[origin],
                 }
                 for origin, s in sorted(self._sources.items())
             },

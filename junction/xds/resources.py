@@ -24,7 +24,9 @@ __all__ = [
     "TYPE_URLS",
     "Resource",
     "Snapshot",
+    "digest_versions",
     "short_type",
+    "type_version",
 ]
 
 _PREFIX = "type.googleapis.com/"
@@ -80,7 +82,7 @@ class Snapshot:
         }
         object.__setattr__(self, "resources", MappingProxyType(frozen))
         # By key (the name resources are filed and sent under): then a type's version is
-        # exactly what protocol_state.version_of gives for all its resources, so the xDS
+        # exactly what digest_versions gives for all its resources, so the xDS
         # core can use it instead of rehashing a whole type per response.
         versions = {t: _keyed_version(frozen[t]) for t in ADS_ORDER}
         object.__setattr__(self, "versions", MappingProxyType(versions))
@@ -134,19 +136,38 @@ class Snapshot:
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, MappingProxyType({}))
 
+    def owns(self, type_url: str, resources: Mapping[str, Resource]) -> bool:
+        """Is ``resources`` this snapshot's own (immutable) mapping of ``type_url``?
+
+        An identity test, on purpose: the mapping cannot change, so the very object has the
+        very content, and :attr:`versions` ``[type_url]`` is its digest without rehashing
+        (1000 clusters: ~0.3 ms per type and response). A copy with equal content is not
+        "owned": callers then hash it, which gives the same version, only slower.
+        """
+        return resources is self.resources.get(type_url)
+
     def counts(self) -> dict[str, int]:
         return {short_type(t): len(self.of_type(t)) for t in ADS_ORDER}
 
 
+def digest_versions(versions: Mapping[str, str]) -> str:
+    """A type version from ``name -> resource version``: the one digest of a set of
+    resources of one type, so SotW ``version_info``, delta ``system_version_info`` and a
+    snapshot's :attr:`Snapshot.versions` agree (a test pins this)."""
+    # "name=version" lines, joined in C (map/str.join): ~2x faster than an f-string per
+    # line, and this runs on every delta response and ACK (1000 names at 1000 clusters).
+    return _digest("\n".join(map("=".join, sorted(versions.items()))).encode())
+
+
 def type_version(resources: Iterable[Resource]) -> str:
     """Version of a set of resources of one type: a hash of their names and versions."""
-    return _digest("\n".join(f"{r.name}={r.version}" for r in resources).encode())
+    return digest_versions({r.name: r.version for r in resources})
 
 
 def _keyed_version(resources: Mapping[str, Resource]) -> str:
-    # type_version with each resource's key for its name (the same for any snapshot that
-    # passes check_snapshot, which requires key == name).
-    return _digest("\n".join([n + "=" + r.version for n, r in resources.items()]).encode())
+    # Each resource under its key (the same as its name for any snapshot that passes
+    # check_snapshot, which requires key == name).
+    return digest_versions({n: r.version for n, r in resources.items()})
 
 
 def _whole_version(versions: Mapping[str, str]) -> str:

@@ -28,8 +28,8 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 
-from junction.errors import JunctionError
 from junction.xds.cache import SnapshotCache, Watch
+from junction.xds.errors import XdsError
 from junction.xds.protocol import (
     Ack,
     Connected,
@@ -85,7 +85,7 @@ SERVICES: tuple[tuple[str, str, str, str | None], ...] = (
 )
 
 
-class XdsServerError(JunctionError):
+class XdsServerError(XdsError):
     """The xDS server could not start (e.g. the address cannot be bound)."""
 
 
@@ -259,15 +259,13 @@ class XdsServicer:
     def _after(
         self, core: StreamCore[Any, Any], out: Output[Any], watch: Watch | None, peer: str
     ) -> None:
-        """Log the events; wake the node's other streams if its state changed."""
+        """Log the events; wake the node's other streams if the core says its state changed."""
         node = core.node_id or "?"
         if self._on_events is not None and out.events:
             self._on_events(node, core.kind, core.id, out.events)
-        changed = False
         for event in out.events:
             _log_event(node, core, event, peer)
-            changed = changed or isinstance(event, (Ack, Nack, Sent, Subscribed, Unsubscribed))
-        if changed and core.node_id is not None:
+        if out.node_changed and core.node_id is not None:
             self.cache.notify_node(core.node_id, watch)
 
 

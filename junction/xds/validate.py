@@ -30,7 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from junction.errors import JunctionError
+from junction.xds.errors import XdsError
 from junction.xds.names import RESERVED_CLUSTERS
 from junction.xds.resources import (
     CLUSTER,
@@ -59,7 +59,7 @@ _MESSAGE_TYPES: Mapping[str, type[Message]] = {
 }
 
 
-class EnvoyValidationError(JunctionError):
+class EnvoyValidationError(XdsError):
     """Envoy's ``--mode validate`` rejected a config, or could not be run.
 
     ``output`` is Envoy's combined stdout/stderr (empty if it never ran); ``returncode`` is

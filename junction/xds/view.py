@@ -44,6 +44,7 @@ from junction.xds.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE
 __all__ = [
     "Holding",
     "View",
+    "ViewMemo",
     "compute_view",
     "eds_name",
     "listener_routes",
@@ -109,25 +110,7 @@ class View:
         )
 
 
-# ---- references -----------------------------------------------------------------------
-
-# Resources are immutable and named by a content hash, so what they reference is computed
-# once per (type, version) and remembered; the memo is bounded by clearing when full.
-_MEMO: dict[tuple[str, str, str], frozenset[str]] = {}
-_MEMO_MAX = 4096
-
-
-def _memo(
-    kind: str, resource: Resource, compute: Callable[[Message], frozenset[str]]
-) -> frozenset[str]:
-    key = (kind, resource.name, resource.version)
-    hit = _MEMO.get(key)
-    if hit is None:
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        hit = compute(resource.message)
-        _MEMO[key] = hit
-    return hit
+# ---- references ---------------------------------------------------------------------
 
 
 def route_clusters(route_config: Message) -> frozenset[str]:
@@ -189,149 +172,224 @@ def eds_name(cluster: Message) -> str | None:
     return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
-def _route_refs(resource: Resource) -> frozenset[str]:
-    return _memo("route", resource, route_clusters)
-
-
-def _listener_refs(resource: Resource) -> frozenset[str]:
-    return _memo("listener", resource, listener_routes)
-
-
-def _eds_of(resource: Resource) -> str | None:
-    refs = _memo("eds", resource, lambda m: frozenset(filter(None, [eds_name(m)])))
-    return next(iter(refs), None)
-
-
-# What a route needs before it may go out: the clusters it names ACKed in CDS and, for EDS
-# clusters the target has endpoints for, their ClusterLoadAssignments ACKed in EDS. That
-# depends only on the route and the target's clusters, both named by content hashes, so it
-# is computed once per (route version, target CDS version) and then checked with set
-# operations; cluster by cluster on every view it cost ~1.5 ms at 1000 clusters, and a
-# one-instance change computes eight views (loadtest/xds_bench.py).
 _Needs = tuple[frozenset[str], frozenset[str]]
-_NEEDS: dict[tuple[str, str, str], _Needs | None] = {}
 
 
-def _route_needs(
-    route: Resource, t_clusters: Mapping[str, Resource], clusters_version: str
-) -> _Needs | None:
-    """(clusters, EDS names) ``route`` needs ACKed; None if it names a cluster the target
-    (``t_clusters``, whose type version is ``clusters_version``) does not have."""
-    key = (route.name, route.version, clusters_version)
-    if key in _NEEDS:
-        return _NEEDS[key]
-    refs = _route_refs(route)
-    needs: _Needs | None = None
-    if t_clusters.keys() >= refs:
-        eds = (_eds_of(t_clusters[c]) for c in refs)
-        needs = (refs, frozenset(n for n in eds if n is not None))
-    if len(_NEEDS) >= _MEMO_MAX:
-        _NEEDS.clear()
-    _NEEDS[key] = needs
-    return needs
+class ViewMemo:
+    """What resources reference, remembered across views: explicit state, owned by whoever
+    computes views over time (the xDS node registry), never a module global.
+
+    Resources are immutable and named by a content hash, so what one references is
+    computed once per (kind, name, version). What a route needs before it may go out (the
+    clusters it names ACKed in CDS and, for EDS clusters, their ClusterLoadAssignments
+    ACKed in EDS) depends only on the route and the target's clusters, so it is computed
+    once per (route version, target CDS version) and then checked with set operations:
+    cluster by cluster on every view it cost ~1.5 ms at 1000 clusters, and a one-instance
+    change computes eight views (loadtest/xds_bench.py). Each table is bounded by
+    clearing it when full.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._refs: dict[tuple[str, str, str], frozenset[str]] = {}
+        self._needs: dict[tuple[str, str, str], _Needs | None] = {}
+
+    def route_refs(self, route: Resource) -> frozenset[str]:
+        return self._refs_of("route", route, route_clusters)
+
+    def listener_refs(self, listener: Resource) -> frozenset[str]:
+        return self._refs_of("listener", listener, listener_routes)
+
+    def eds_of(self, cluster: Resource) -> str | None:
+        refs = self._refs_of("eds", cluster, lambda m: frozenset(filter(None, [eds_name(m)])))
+        return next(iter(refs), None)
+
+    def route_needs(
+        self, route: Resource, t_clusters: Mapping[str, Resource], clusters_version: str
+    ) -> _Needs | None:
+        """(clusters, EDS names) ``route`` needs ACKed; None if it names a cluster the
+        target (``t_clusters``, whose type version is ``clusters_version``) lacks."""
+        key = (route.name, route.version, clusters_version)
+        if key in self._needs:
+            return self._needs[key]
+        refs = self.route_refs(route)
+        needs: _Needs | None = None
+        if t_clusters.keys() >= refs:
+            eds = (self.eds_of(t_clusters[c]) for c in refs)
+            needs = (refs, frozenset(n for n in eds if n is not None))
+        if len(self._needs) >= self._limit:
+            self._needs.clear()
+        self._needs[key] = needs
+        return needs
+
+    def _refs_of(
+        self, kind: str, resource: Resource, compute: Callable[[Message], frozenset[str]]
+    ) -> frozenset[str]:
+        key = (kind, resource.name, resource.version)
+        hit = self._refs.get(key)
+        if hit is None:
+            if len(self._refs) >= self._limit:
+                self._refs.clear()
+            hit = self._refs[key] = compute(resource.message)
+        return hit
 
 
 # ---- the view ---------------------------------------------------------------------------
 
 
-def compute_view(target: Snapshot, held: Mapping[str, Holding]) -> View:
+def compute_view(
+    target: Snapshot, held: Mapping[str, Holding], memo: ViewMemo | None = None
+) -> View:
     """The resources ``target`` allows sending to a node that holds ``held`` (see module doc).
 
     Pure and deterministic; ``held`` maps type URLs to :class:`Holding` (missing = nothing).
+    ``memo`` only saves work (a fresh one gives the same view): pass the same one across
+    views. The steps run in the order the rules depend on each other.
     """
-    empty = Holding()
-    acked = {t: held.get(t, empty).acked for t in ADS_ORDER}
-    # What the node may have (ACKed, overlaid with pending): the ACKed mapping itself when
-    # nothing is pending, as for most views (no copy of 1000 entries per view).
-    has = {t: _has(held.get(t, empty)) for t in (CLUSTER, ENDPOINT)}
-    kept: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
-    waiting: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
-    retained: dict[str, set[str]] = {t: set() for t in ADS_ORDER}
+    draft = _Draft.start(target, held, memo or ViewMemo())
+    _gate_routes(draft)
+    _retain_clusters(draft, held.get(ROUTE, Holding()))
+    _follow_endpoints(draft)
+    _gate_listeners(draft)
+    return draft.freeze()
 
-    t_clusters = target.of_type(CLUSTER)
-    t_endpoints = target.of_type(ENDPOINT)
-    acked_clusters = acked[CLUSTER].keys()
-    acked_endpoints = acked[ENDPOINT].keys()
 
-    # Routes: only when every cluster they reference is ACKed (and its endpoints, for EDS
-    # clusters the target has endpoints for).
-    def ready(route: Resource) -> bool:
-        needs = _route_needs(route, t_clusters, target.versions[CLUSTER])
-        if needs is None or not acked_clusters >= needs[0]:
-            return False
-        return acked_endpoints >= needs[1] or not any(
-            n in t_endpoints for n in needs[1] - acked_endpoints
+@dataclass
+class _Draft:
+    """A view under construction. Clusters and endpoints start as the target's own
+    (read-only) mappings and are copied only on the first retained resource, so a view
+    without retention hands out the snapshot's mappings (callers recognize them by
+    identity, see :meth:`Snapshot.owns`) and copies nothing."""
+
+    target: Snapshot
+    memo: ViewMemo
+    acked: dict[str, Mapping[str, Resource | None]]
+    #: What the node may have (ACKed overlaid with pending), CDS and EDS only.
+    has: dict[str, Mapping[str, Resource | None]]
+    resources: dict[str, Mapping[str, Resource]]
+    kept: dict[str, set[str]]
+    waiting: dict[str, set[str]]
+    retained: dict[str, set[str]]
+
+    @classmethod
+    def start(cls, target: Snapshot, held: Mapping[str, Holding], memo: ViewMemo) -> _Draft:
+        empty = Holding()
+        return cls(
+            target=target,
+            memo=memo,
+            acked={t: held.get(t, empty).acked for t in ADS_ORDER},
+            # The ACKed mapping itself when nothing is pending, as for most views (no copy
+            # of 1000 entries per view).
+            has={t: _has(held.get(t, empty)) for t in (CLUSTER, ENDPOINT)},
+            resources={
+                CLUSTER: target.of_type(CLUSTER),
+                ENDPOINT: target.of_type(ENDPOINT),
+                LISTENER: {},
+                ROUTE: {},
+            },
+            kept={t: set() for t in ADS_ORDER},
+            waiting={t: set() for t in ADS_ORDER},
+            retained={t: set() for t in ADS_ORDER},
         )
 
-    routes: dict[str, Resource] = {}
-    for name, route in target.of_type(ROUTE).items():
-        if ready(route):
-            routes[name] = route
-            continue
-        waiting[ROUTE].add(name)
-        _hold(name, acked[ROUTE], routes, kept[ROUTE])
+    def admit(self, type_url: str, name: str, resource: Resource) -> None:
+        """A target resource goes out as it is (routes, listeners)."""
+        into = self.resources[type_url]
+        assert isinstance(into, dict)
+        into[name] = resource
 
-    # Clusters: the target's, plus every cluster a route the node holds (or will) uses.
-    held_routes = held.get(ROUTE, empty).contents() + list(routes.values())
-    if any(r is None for r in held_routes):
+    def hold_back(self, type_url: str, name: str) -> None:
+        """A target resource waits; the node keeps the version it has, if any."""
+        self.waiting[type_url].add(name)
+        into = self.resources[type_url]
+        assert isinstance(into, dict)
+        _hold(name, self.acked[type_url], into, self.kept[type_url])
+
+    def retain(self, type_url: str, name: str) -> None:
+        """Keep the node's own ``name`` beyond the target (CDS, EDS): copy-on-first-retain."""
+        if not self.retained[type_url]:
+            self.resources[type_url] = dict(self.target.of_type(type_url))
+        self.retained[type_url].add(name)
+        into = self.resources[type_url]
+        assert isinstance(into, dict)
+        into.pop(name, None)
+        _hold(name, self.has[type_url], into, self.kept[type_url])
+
+    def freeze(self) -> View:
+        def final(t: str) -> Mapping[str, Resource]:
+            if t in (CLUSTER, ENDPOINT) and not self.retained[t]:
+                return self.target.of_type(t)  # the target's own, by identity
+            return MappingProxyType(dict(sorted(self.resources[t].items())))
+
+        return View(
+            resources=MappingProxyType({t: final(t) for t in ADS_ORDER}),
+            kept=_freeze(self.kept),
+            waiting=_freeze(self.waiting),
+            retained=_freeze(self.retained),
+        )
+
+
+def _gate_routes(d: _Draft) -> None:
+    """Routes: only when every cluster they reference is ACKed (and its endpoints, for
+    EDS clusters the target has endpoints for)."""
+    t_clusters = d.target.of_type(CLUSTER)
+    t_endpoints = d.target.of_type(ENDPOINT)
+    acked_clusters = d.acked[CLUSTER].keys()
+    acked_endpoints = d.acked[ENDPOINT].keys()
+    clusters_version = d.target.versions[CLUSTER]
+    for name, route in d.target.of_type(ROUTE).items():
+        needs = d.memo.route_needs(route, t_clusters, clusters_version)
+        ready = (
+            needs is not None
+            and acked_clusters >= needs[0]
+            and (
+                acked_endpoints >= needs[1]
+                or not any(n in t_endpoints for n in needs[1] - acked_endpoints)
+            )
+        )
+        if ready:
+            d.admit(ROUTE, name, route)
+        else:
+            d.hold_back(ROUTE, name)
+
+
+def _retain_clusters(d: _Draft, held_routes: Holding) -> None:
+    """Clusters: the target's, plus every cluster a route the node holds (or will) uses."""
+    t_clusters = d.target.of_type(CLUSTER)
+    routes = held_routes.contents() + list(d.resources[ROUTE].values())
+    if any(r is None for r in routes):
         # A route of unknown content may use any cluster the node has: keep them all.
-        beyond = set(has[CLUSTER]) - t_clusters.keys()
+        beyond = set(d.has[CLUSTER]) - t_clusters.keys()
     else:
         beyond = set()
-        for r in filter(None, held_routes):
-            refs = _route_refs(r)
+        for r in filter(None, routes):
+            refs = d.memo.route_refs(r)
             if not t_clusters.keys() >= refs:
                 beyond |= refs - t_clusters.keys()
-    clusters: dict[str, Resource] = {}  # filled (a copy of the target's) only if retaining
     for name in sorted(beyond):
-        if name in has[CLUSTER]:
-            if not retained[CLUSTER]:
-                clusters = dict(t_clusters)
-            retained[CLUSTER].add(name)
-            _hold(name, has[CLUSTER], clusters, kept[CLUSTER])
+        if name in d.has[CLUSTER]:
+            d.retain(CLUSTER, name)
 
-    # Endpoints follow the clusters in the view and the clusters the node still holds:
-    # those beyond the target's are the node's own (retained ones included).
-    endpoints: dict[str, Resource] = {}  # likewise
-    for name in sorted(_beyond(has[CLUSTER], t_clusters)):
+
+def _follow_endpoints(d: _Draft) -> None:
+    """Endpoints follow the clusters in the view and the clusters the node still holds:
+    those beyond the target's are the node's own (retained ones included)."""
+    has = d.has
+    for name in sorted(_beyond(has[CLUSTER], d.target.of_type(CLUSTER))):
         resource = has[CLUSTER].get(name)
-        cla = _eds_of(resource) if resource is not None else name
-        if cla is None:
-            continue
-        if cla in has[ENDPOINT]:
-            if not retained[ENDPOINT]:
-                endpoints = dict(t_endpoints)
-            retained[ENDPOINT].add(cla)
-            endpoints.pop(cla, None)
-            _hold(cla, has[ENDPOINT], endpoints, kept[ENDPOINT])
+        cla = d.memo.eds_of(resource) if resource is not None else name
+        if cla is not None and cla in has[ENDPOINT]:
+            d.retain(ENDPOINT, cla)
 
-    # Listeners: only when every RouteConfiguration they name is in the view.
-    available = routes.keys() | kept[ROUTE]
-    listeners: dict[str, Resource] = {}
-    for name, listener in target.of_type(LISTENER).items():
-        if _listener_refs(listener) <= available:
-            listeners[name] = listener
-            continue
-        waiting[LISTENER].add(name)
-        _hold(name, acked[LISTENER], listeners, kept[LISTENER])
 
-    by_type = {CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: listeners, ROUTE: routes}
-    # Clusters and endpoints only grow by retained resources: without any, they are the
-    # target's own (sorted, read-only) mappings, which callers may recognize by identity.
-    same = {t for t in (CLUSTER, ENDPOINT) if not retained[t]}
-    return View(
-        resources=MappingProxyType(
-            {
-                t: target.of_type(t)
-                if t in same
-                else MappingProxyType(dict(sorted(by_type[t].items())))
-                for t in ADS_ORDER
-            }
-        ),
-        kept=_freeze(kept),
-        waiting=_freeze(waiting),
-        retained=_freeze(retained),
-    )
+def _gate_listeners(d: _Draft) -> None:
+    """Listeners: only when every RouteConfiguration they name is in the view."""
+    available = d.resources[ROUTE].keys() | d.kept[ROUTE]
+    for name, listener in d.target.of_type(LISTENER).items():
+        if d.memo.listener_refs(listener) <= available:
+            d.admit(LISTENER, name, listener)
+        else:
+            d.hold_back(LISTENER, name)
 
 
 def _has(holding: Holding) -> Mapping[str, Resource | None]:

@@ -9,7 +9,8 @@ Needs wrk (``apt-get install -y wrk``). On this 2-core machine:
   by ``bench_ingest.py --role receiver``;
 - Envoy (``--concurrency 1``) and wrk (``-t1``) share CPU 1. Envoy's listener answers from a
   ``direct_response`` route (no upstream to spend CPU on) and logs every request with
-  exactly the HCM access logger Junction configures (:func:`junction.als.logger.access_logger`:
+  exactly the HCM access logger Junction configures
+  (:func:`junction.xds.translate_als.access_logger`:
   ``envoy.access_loggers.http_grpc``, buffer 16 KiB, flush 1 s), to the static cluster
   ``junction_als``; wrk sends the decision header, so it is logged like in production.
 
@@ -47,9 +48,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from junction.als.logger import AccessLogOptions, access_logger  # noqa: E402
 from junction.envoy_process import envoy_binary  # noqa: E402
 from junction.xds.names import ALS_CLUSTER  # noqa: E402
+from junction.xds.translate_als import AccessLogOptions, access_logger  # noqa: E402
 
 CONNECTIONS = 32
 _TYPES = "type.googleapis.com/envoy.extensions."

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from junction.als import cli as als_cli
 from junction.canary import cli as canary_cli
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import FileStateStore
 from junction.cli import _parser, main
 from junction.config.load import load_config
+from junction.loop import cli as als_cli
 
 CONFIG = load_config(
     """\

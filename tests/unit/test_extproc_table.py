@@ -16,7 +16,7 @@ from junction.extproc.counters import Counters
 from junction.extproc.hosts import HostMatcher, strip_port
 from junction.extproc.keys import Headers, bucket
 from junction.extproc.pins import AMBIGUOUS, parse_cookies, query_param, sign_pin, verify_pin
-from junction.extproc.table import NO_DECISION, Decision, DecisionTable
+from junction.extproc.table import NO_DECISION, Decision, DecisionKind, DecisionTable
 
 CONFIG = """\
 listener:
@@ -419,3 +419,27 @@ def test_host_matching_follows_envoy() -> None:
     assert m.match(b"other") == "any"
     assert strip_port(b"[::1]:80") == b"[::1]"
     assert strip_port(b"EXAMPLE.com") == b"example.com"
+
+
+def test_every_decision_says_what_decided_it() -> None:
+    t, c = table(), Counters()
+    assert t.decide(req(x_junction_version="go"), None, c).kind is DecisionKind.PIN
+    assert t.decide(req("/asset/x.png"), None, c).kind is DecisionKind.NONE
+    assert t.decide(req(x_user_id="u1"), None, c).kind is DecisionKind.CANARY
+    feed = [t.decide(req("/api/feed", x_user_id=f"u{i}"), None, c) for i in range(40)]
+    # The treatment arm routes to a version: the experiment decided; control only tags,
+    # then the canary decides.
+    assert {d.kind for d in feed} == {DecisionKind.EXPERIMENT, DecisionKind.CANARY}
+    assert all((d.kind is DecisionKind.EXPERIMENT) == d.tag.startswith("exp=feed:treatment")
+               for d in feed)  # fmt: skip
+    banner = [t.decide(req("/other", x_client="ios", cookie=f"uid=u{i}"), None, c) for i in range(40)]
+    assert {d.kind for d in banner if d.tag} == {DecisionKind.EXPERIMENT}
+    no_canary = table(CONFIG.replace("    canary: {version: go, weight: 10, key: {header: x-user-id, cookie: uid}}\n", ""))
+    assert no_canary.decide(req(), None, c).kind is DecisionKind.ROUTE
+    down = table(unavailable=frozenset({"web-api-go"}))
+    assert down.decide(req(x_junction_version="go"), None, c).kind is DecisionKind.PIN_FALLBACK
+    rejecting = table(
+        CONFIG.replace("trust: any}", "trust: any, when-unavailable: reject}"),
+        unavailable=frozenset({"web-api-go"}),
+    )
+    assert rejecting.decide(req(x_junction_version="go"), None, c).kind is DecisionKind.PIN_REJECTED

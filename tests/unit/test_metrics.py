@@ -28,6 +28,7 @@ from junction.metrics.extproc import FAMILIES, ExtprocMetrics
 from junction.metrics.families import OTHER, BoundedLabel
 from junction.metrics.xds import XdsMetrics
 from junction.xds.protocol import Ack, Connected, Disconnected, Nack, Sent, StaleNonce, StreamKind
+from junction.xds.publisher import PublishTiming
 from junction.xds.resources import CLUSTER, LISTENER
 
 COUNTERS_NONE = Counters()
@@ -264,7 +265,7 @@ def test_the_dashboard_only_queries_metrics_that_exist() -> None:
     node = SimpleNamespace(node_id="n", connected=True, synced=True)
     metrics = XdsMetrics(registry, status=lambda: status, nodes=lambda: [node])
     metrics.observe("n", ADS, 1, [Connected("n", ADS), sent(CLUSTER, "a"), nack(CLUSTER, "a")])
-    metrics.observe_publish(0.01)
+    metrics.observe_publish(PublishTiming(0.01, 0.01, 0.0, None))
     AlsMetrics(registry, lambda: {}, lambda: {("c", "split", False): 1})
     state = CanaryState(
         service="s", version="v", baseline="b", candidate="c", weight=1, phase=Phase.RAMPING,

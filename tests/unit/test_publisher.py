@@ -11,7 +11,7 @@ from conftest import eventually
 
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, SourceSink
-from junction.xds.publisher import Publisher
+from junction.xds.publisher import Publisher, PublishTiming
 from junction.xds.resources import CLUSTER, ENDPOINT, Snapshot
 
 CONFIG = """\
@@ -214,3 +214,19 @@ def test_incremental_translation_equals_a_full_translation() -> None:
     # A new config object rebuilds everything that depends on it.
     other = load_config(CONFIG.replace("weight: 10", "weight: 20"), "c.yaml")
     assert incremental.translate(other, catalog).version == translate(other, catalog).version
+
+
+def test_on_publish_is_told_every_publish_step() -> None:
+    cache = RecordingCache()
+    steps: list[PublishTiming] = []
+    publisher = Publisher(cache, on_publish=steps.append)
+    assert publisher.publish_now() is None  # no config yet: a step that published nothing
+    publisher.config_text("c.yaml", CONFIG)
+    publisher.instances("web-api-go", GO)
+    publisher.instances("web-api-perl", PERL)
+    first = publisher.publish_now()
+    again = publisher.publish_now()  # unchanged: the same snapshot, not handed on again
+    assert [s.snapshot for s in steps] == [None, first, again] and first is again
+    assert len(cache.snapshots) == 1
+    assert all(s.wall >= 0 and s.cpu >= 0 for s in steps)
+    assert steps[0].ended_at <= steps[1].ended_at <= steps[2].ended_at

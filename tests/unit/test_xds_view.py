@@ -9,6 +9,7 @@ from xds_snapshots import LISTENER_NAME, ROUTE_NAME, cla, cluster, listener, rou
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, Snapshot
 from junction.xds.view import (
     Holding,
+    ViewMemo,
     compute_view,
     eds_name,
     listener_routes,
@@ -206,3 +207,15 @@ def test_view_is_deterministic_and_sorted() -> None:
     assert list(first.of_type(CLUSTER)) == ["A", "B", "C"]
     assert first == second
     assert isinstance(next(iter(first.of_type(CLUSTER).values())), Resource)
+
+
+def test_a_shared_memo_gives_the_same_views_as_a_fresh_one() -> None:
+    before = snapshot({"A": 100})
+    target = snapshot({"B": 100})  # A removed: retained while the node's route uses it
+    held = all_acked(before)
+    memo = ViewMemo(limit=3)  # small: the tables are cleared on the way
+    for _ in range(3):
+        for snap, holding in ((target, held), (before, held), (target, {})):
+            assert compute_view(snap, holding, memo) == compute_view(snap, holding)
+    shared = compute_view(target, held, memo)
+    assert shared.retained[CLUSTER] == {"A"} and "A" in shared.of_type(CLUSTER)

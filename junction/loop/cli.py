@@ -76,8 +76,8 @@ def add_run_arguments(s: argparse.ArgumentParser, port: Port, *, up: bool) -> No
 
 def run_settings(args: argparse.Namespace, *, up: bool) -> dict[str, Any]:
     """``junction.app.Settings`` fields from the flags of :func:`add_run_arguments`."""
-    from junction.als.logger import AccessLogOptions
-    from junction.als.service import AlsSettings
+    from junction.loop.service import AlsSettings
+    from junction.xds.translate_als import AccessLogOptions
 
     in_process = not args.no_als and args.als_port is not None
     als = None
@@ -149,12 +149,12 @@ def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: i
 
 
 def _als(args: argparse.Namespace) -> int:
-    from junction.als.service import AlsSettings
-    from junction.als.standalone import run_als
     from junction.canary.store import make_store
     from junction.catalog.consul import ConsulConfig
     from junction.catalog.file import FileConfig
     from junction.catalog.source import ConfigSource
+    from junction.loop.service import AlsSettings
+    from junction.loop.standalone import run_als
 
     if bool(args.consul_key) == bool(args.config):
         raise JunctionError("give -c CONFIG or --consul-addr with --consul-key (not both)")

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import StateStore
@@ -25,6 +24,7 @@ from junction.catalog.source import ConfigSource
 from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
+from junction.loop.service import AlsService, AlsSettings
 from junction.metrics.als import AlsMetrics
 from junction.metrics.canary import CanaryMetrics
 from junction.metrics.http import add_metrics_route

@@ -1,6 +1,6 @@
 """The access-log service as one unit: receiver, pipeline, windows, sinks and (optionally) the
 canary controller. ``junction up`` runs it inside the control plane's process;
-``junction als serve`` runs it alone (:mod:`junction.als.standalone`).
+``junction als serve`` runs it alone (:mod:`junction.loop.standalone`).
 
 It reads the config through a callable (the control plane's last good config, or the
 standalone process's own source) and writes canary states only through the
