@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from junction.als.metrics import AlsMetrics
 from junction.canary.api import CanaryApi
+from junction.canary.metrics import CanaryMetrics
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import make_store
 from junction.catalog.choose import SourceChoice
@@ -32,14 +34,12 @@ from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
 from junction.loop.service import AlsService, AlsSettings
-from junction.metrics.als import AlsMetrics
-from junction.metrics.canary import CanaryMetrics
-from junction.metrics.http import metrics_route
-from junction.metrics.xds import XdsMetrics
+from junction.metrics import metrics_route
 from junction.status import StatusServer
 from junction.tasks import cancel_all
 from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
+from junction.xds.metrics import XdsMetrics
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
 from junction.xds.translate import DEFAULT_OPTIONS

@@ -48,11 +48,11 @@ from junction.config.model import Config
 from junction.extproc.counters import COUNTER_NAMES, ROW_NAMES, SharedCounters, answer_json
 from junction.extproc.errors import ExtProcError
 from junction.extproc.http_adapter import HttpLimits
+from junction.extproc.metrics import ExtprocMetrics
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
 from junction.extproc.worker import TableInputs, WorkerOptions, worker_main
-from junction.metrics.extproc import ExtprocMetrics
-from junction.metrics.http import add_metrics_route
+from junction.metrics import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = [

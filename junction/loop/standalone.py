@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from junction.als.metrics import AlsMetrics
 from junction.canary.api import CanaryApi
+from junction.canary.metrics import CanaryMetrics
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import StateStore
 from junction.catalog.model import Instance
@@ -25,9 +27,7 @@ from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
 from junction.loop.service import AlsService, AlsSettings
-from junction.metrics.als import AlsMetrics
-from junction.metrics.canary import CanaryMetrics
-from junction.metrics.http import add_metrics_route
+from junction.metrics import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = ["LastGoodConfig", "run_als"]

@@ -13,6 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from junction.als.metrics import AlsMetrics
+from junction.canary.metrics import CanaryMetrics
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 from junction.extproc.counters import (
     ANSWER_BUCKETS,
@@ -22,11 +24,9 @@ from junction.extproc.counters import (
     SharedCounters,
     answer_json,
 )
-from junction.metrics.als import AlsMetrics
-from junction.metrics.canary import CanaryMetrics
-from junction.metrics.extproc import FAMILIES, ExtprocMetrics
-from junction.metrics.families import OTHER, BoundedLabel
-from junction.metrics.xds import XdsMetrics
+from junction.extproc.metrics import FAMILIES, ExtprocMetrics
+from junction.metrics import OTHER, BoundedLabel
+from junction.xds.metrics import XdsMetrics
 from junction.xds.protocol import Ack, Connected, Disconnected, Nack, Sent, StaleNonce, StreamKind
 from junction.xds.publisher import PublishTiming
 from junction.xds.resources import CLUSTER, LISTENER

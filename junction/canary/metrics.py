@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from junction.canary.state import CanaryState, Phase
-from junction.metrics.families import counter, gauge
+from junction.metrics import counter, gauge
 
 __all__ = ["CanaryMetrics"]
 

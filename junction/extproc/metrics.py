@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from junction.metrics.families import counter, gauge
+from junction.metrics import counter, gauge
 
 __all__ = ["ExtprocMetrics"]
 

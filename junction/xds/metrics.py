@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from junction.metrics.families import BoundedLabel, counter, gauge
+from junction.metrics import BoundedLabel, counter, gauge
 from junction.xds.protocol import (
     Ack,
     Connected,
