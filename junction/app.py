@@ -20,7 +20,10 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from junction.canary.api import CanaryApi
+from junction.canary.metrics import CanaryMetrics
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import make_store
 from junction.catalog.choose import SourceChoice
@@ -30,10 +33,12 @@ from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
 from junction.loop.service import AlsService, AlsSettings
+from junction.metrics import metrics_route
 from junction.status import StatusServer
 from junction.tasks import cancel_all
 from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
+from junction.xds.metrics import XdsMetrics
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
 from junction.xds.translate import DEFAULT_OPTIONS
@@ -111,12 +116,22 @@ class ControlPlane:
         settings.check()
         self.settings = settings
         self.cache = SnapshotCache()
+        # GET /metrics on the admin port (junction.metrics): one registry per process.
+        self.metrics = CollectorRegistry()
+        self.xds_metrics = XdsMetrics(
+            self.metrics, status=lambda: self.publisher.status(), nodes=self.cache.nodes
+        )
         self.catalog_source = settings.catalog_source()
         self.config_source = settings.config_source()
         options = (
             with_access_log(DEFAULT_OPTIONS, settings.access_log) if settings.access_log else None
         )
-        self.publisher = Publisher(self.cache, self.catalog_source, options=options)
+        self.publisher = Publisher(
+            self.cache,
+            self.catalog_source,
+            options=options,
+            on_publish=self.xds_metrics.observe_publish,
+        )
         self.envoy: EnvoyProcess | None = None
         # Canary states: read by the publisher (route weights) and /canary; written by the
         # controller (in self.als) and the operator's commands, always through the store.
@@ -136,10 +151,13 @@ class ControlPlane:
             else None
         )
         sections = {"canary": self.canary.status}
-        routes = [self.canary.add_routes]
+        routes = [self.canary.add_routes, metrics_route(self.metrics)]
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
+            self.als.register_metrics(self.metrics, lambda: self.canary_board.states)
+        else:
+            CanaryMetrics(self.metrics, states=lambda: self.canary_board.states)
         self.status = StatusServer(
             self.publisher,
             self.cache,
@@ -163,7 +181,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
-        self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
+        self._grpc, self.xds_port = await create_server(
+            self.cache, f"{s.host}:{s.xds_port}", on_events=self.xds_metrics.observe
+        )
         await self.status.start(s.host, s.http_port)
         if self.als is not None:
             await self.als.start()

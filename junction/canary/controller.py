@@ -78,6 +78,8 @@ class CanaryController:
         self._events_file = events_file
         self._clock = clock
         self.events: collections.deque[CanaryEvent] = collections.deque(maxlen=500)
+        #: Every event this controller recorded, by (service, action), for /metrics.
+        self.decisions: collections.Counter[tuple[str, str]] = collections.Counter()
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
@@ -148,6 +150,7 @@ class CanaryController:
 
     def _record(self, event: CanaryEvent) -> None:
         self.events.append(event)
+        self.decisions[(event.service, event.action)] += 1
         log.info(
             "canary %s: %s %d%% -> %d%%: %s",
             event.service, event.action, event.from_weight, event.to_weight, event.reason,

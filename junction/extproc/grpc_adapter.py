@@ -33,7 +33,7 @@ log = logging.getLogger("junction.extproc")
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
-class GrpcProcessor(Processor[bytes]):
+class GrpcProcessor(Processor[ep.ProcessingRequest, bytes]):
     """Decides one ``ProcessingRequest``; the answer is the serialized response."""
 
     def encode(self, decision: Decision) -> bytes:
@@ -60,7 +60,7 @@ class GrpcProcessor(Processor[bytes]):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no decision table loaded yet")
         async for request in requests:
             try:
-                answer = self.handle(request)
+                answer = self.respond(request)
             except Exception:
                 # A bug: said once per worker, then only counted; Envoy gets an error and
                 # applies its failure mode.

@@ -80,7 +80,7 @@ _INTERNAL = _error(b"500 Internal Server Error", "decision failed")
 _HEALTHY = _http(b"200 OK", b"OK\n", b"text/plain")
 
 
-class HttpProcessor(Processor[bytes]):
+class HttpProcessor(Processor[bytes, bytes]):
     """Turns one POSTed JSON ``ProcessingRequest`` into a whole HTTP response."""
 
     def encode(self, decision: Decision) -> bytes:
@@ -200,7 +200,7 @@ class _Connection(asyncio.Protocol):
         if self.parser.get_method() == b"POST":
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             try:
-                answer = self.processor.handle(body)
+                answer = self.processor.respond(body)
             except Exception:
                 # A bug, not the client's fault: say so once per worker, answer 500 (Envoy
                 # applies its failure mode), and keep serving.

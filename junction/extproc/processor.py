@@ -9,23 +9,56 @@ swapped. Decisions carrying a fresh sticky cookie are one-offs and are not cache
 from __future__ import annotations
 
 import abc
+from bisect import bisect_left
+from time import perf_counter
 from typing import Generic, TypeVar
 
-from junction.extproc.counters import Counters
+from junction.extproc.counters import ANSWER_BUCKETS, AnswerTimes, Counters
 from junction.extproc.table import Decision, DecisionTable
 
 __all__ = ["Processor"]
 
 W = TypeVar("W")
+R = TypeVar("R")
 
 
-class Processor(abc.ABC, Generic[W]):
-    """One worker's decision state for one transport; ``W`` is the encoded answer type."""
+class Processor(abc.ABC, Generic[R, W]):
+    """One worker's decision state for one transport; ``R`` is the request type the
+    transport hands over, ``W`` the encoded answer type."""
 
-    def __init__(self, counters: Counters, table: DecisionTable | None = None) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        table: DecisionTable | None = None,
+        *,
+        times: AnswerTimes | None = None,
+    ) -> None:
         self.counters = counters
         self.table: DecisionTable | None = table
+        self.times = times
         self._encoded: dict[Decision, W] = {}
+
+    def respond(self, request: R) -> W:
+        """:meth:`handle`, and one answer in ``times.every`` timed into :attr:`times` (the
+        time-to-answer histogram: parse, decide and encode, the part of a decision this
+        service controls). :meth:`AnswerTimes.observe` is inlined: this runs per request."""
+        times = self.times
+        if times is None:
+            return self.handle(request)
+        times.countdown -= 1
+        if times.countdown:
+            return self.handle(request)
+        times.countdown = times.every
+        started = perf_counter()
+        answer = self.handle(request)
+        elapsed = perf_counter() - started
+        times.counts[bisect_left(ANSWER_BUCKETS, elapsed)] += 1
+        times.total += elapsed
+        return answer
+
+    @abc.abstractmethod
+    def handle(self, request: R) -> W:
+        """The encoded answer to one request message."""
 
     def set_table(self, table: DecisionTable) -> None:
         """Swap in a new table (atomically: one attribute store per field, on the loop)."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from junction.canary.desired import DesiredState
 from junction.canary.source import CanaryStateSource
@@ -44,12 +45,14 @@ from junction.canary.store import StateStore
 from junction.catalog.model import Health, Instance
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
-from junction.extproc.counters import COUNTER_NAMES, SharedCounters
+from junction.extproc.counters import COUNTER_NAMES, ROW_NAMES, SharedCounters, answer_json
 from junction.extproc.errors import ExtProcError
 from junction.extproc.http_adapter import HttpLimits
+from junction.extproc.metrics import ExtprocMetrics
 from junction.extproc.plan import uses_decisions
 from junction.extproc.table import DecisionTable
 from junction.extproc.worker import TableInputs, WorkerOptions, worker_main
+from junction.metrics import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = [
@@ -83,6 +86,9 @@ class ServiceSettings:
     lazy: bool = False
     #: Where the ALS controller keeps canary states (None: the config's weights only).
     canary_store: StateStore | None = None
+    #: Time every answer for the junction_extproc_answer_seconds histogram (off only to
+    #: measure what the timing costs: loadtest/extproc/bench.py --metrics-cost).
+    answer_times: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class ExtProcService:
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self.shared = SharedCounters(settings.workers)
-        self._retired = dict.fromkeys(COUNTER_NAMES, 0)
+        self._retired = dict.fromkeys(ROW_NAMES, 0)
         self._inputs = _Inputs(settings.catalog_source, self._schedule_push)
         self._latest: TableInputs | None = None
         self._workers: list[_Worker] = []
@@ -194,7 +200,9 @@ class ExtProcService:
         s = self.settings
         self.http_port = self._reserve(s.http_port) if s.http_port is not None else None
         self.grpc_port = self._reserve(s.grpc_port) if s.grpc_port is not None else None
-        self._options = WorkerOptions(s.host, self.http_port, self.grpc_port, s.limits, s.log_level)
+        self._options = WorkerOptions(
+            s.host, self.http_port, self.grpc_port, s.limits, s.log_level, s.answer_times
+        )
         if not s.lazy:
             self._spawn_all()
         loop = asyncio.get_running_loop()
@@ -357,7 +365,8 @@ class ExtProcService:
             "table": latest,
             "config_error": self._inputs.error,
             "workers": workers,
-            "counters": totals,
+            "counters": {name: totals[name] for name in COUNTER_NAMES},
+            "answer_seconds": answer_json(totals),
         }
 
     async def _serve_stats(self) -> None:
@@ -375,6 +384,9 @@ class ExtProcService:
         app = web.Application()
         app.router.add_get("/stats", stats)
         app.router.add_get("/healthz", healthz)
+        registry = CollectorRegistry()
+        ExtprocMetrics(registry, self.status)
+        add_metrics_route(app, registry)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.stats_port)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from junction.config.model import Config
-from junction.extproc.counters import Counters, SharedCounters
+from junction.extproc.counters import AnswerTimes, Counters, SharedCounters
 from junction.extproc.grpc_adapter import GrpcProcessor, serve_grpc
 from junction.extproc.http_adapter import HttpLimits, HttpProcessor, serve_http
 from junction.extproc.table import DecisionTable
@@ -52,6 +52,7 @@ class WorkerOptions:
     grpc_port: int | None
     limits: HttpLimits
     log_level: str = "warning"
+    answer_times: bool = True
 
 
 def _die_with_parent() -> None:
@@ -84,8 +85,9 @@ async def _run(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     counters = Counters()
-    http = HttpProcessor(counters)
-    grpc_ = GrpcProcessor(counters)
+    times = AnswerTimes() if options.answer_times else None
+    http = HttpProcessor(counters, times=times)
+    grpc_ = GrpcProcessor(counters, times=times)
     http_server = grpc_server = None
     if options.http_port is not None:
         http_server, _ = await serve_http(
@@ -109,7 +111,7 @@ async def _run(
 
     async def publish() -> None:
         while True:
-            shared.publish(index, counters)
+            shared.publish(index, counters, times)
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     publisher = asyncio.create_task(publish())
@@ -121,7 +123,7 @@ async def _run(
         publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publisher
-        shared.publish(index, counters)
+        shared.publish(index, counters, times)
         if grpc_server is not None:
             await grpc_server.stop(grace=1.0)
         if http_server is not None:

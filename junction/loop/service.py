@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from junction.als.envoy_drops import EnvoyDrops
 from junction.als.errors import AlsError
+from junction.als.metrics import AlsMetrics
 from junction.als.pipeline import Pipeline
 from junction.als.receiver import DEFAULT_MAX_MESSAGE_BYTES, create_server
 from junction.als.sinks import JsonLinesSink, RotatingFile, SinkRunner
 from junction.als.windows import Windows
 from junction.canary.controller import CanaryController
+from junction.canary.metrics import CanaryMetrics
+from junction.canary.state import CanaryState
 from junction.canary.store import StateStore
 from junction.config.model import Config
 from junction.tasks import cancel_all
@@ -144,6 +148,19 @@ class AlsService:
             "window_seconds": self.settings.status_window,
             "windows": self.windows.summary(self.settings.status_window),
         }
+
+    def register_metrics(
+        self, registry: CollectorRegistry, states: Callable[[], Mapping[str, CanaryState]]
+    ) -> None:
+        """Register the receiver's and the canary's collectors (``states``: the stored canary
+        states this process watches)."""
+        pipeline, controller = self.pipeline, self.controller
+        AlsMetrics(registry, self.status, lambda: pipeline.requests)
+        CanaryMetrics(
+            registry,
+            states=states,
+            decisions=(lambda: controller.decisions) if controller is not None else None,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         async def als(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
@@ -24,6 +25,7 @@ from junction.config.errors import ConfigError
 from junction.config.load import load_config
 from junction.config.model import Config
 from junction.loop.service import AlsService, AlsSettings
+from junction.metrics import add_metrics_route
 from junction.tasks import cancel_all
 
 __all__ = ["LastGoodConfig", "run_als"]
@@ -83,6 +85,9 @@ async def run_als(
     app.router.add_get("/healthz", healthz)
     service.add_routes(app)
     api.add_routes(app)
+    registry = CollectorRegistry()
+    service.register_metrics(registry, lambda: board.states)
+    add_metrics_route(app, registry)
     runner = web.AppRunner(app, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

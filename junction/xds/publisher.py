@@ -25,6 +25,7 @@ reads, so Envoy's route weights and the sticky canary buckets cannot disagree.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -108,6 +109,10 @@ class Publisher:
         self._published: Snapshot | None = None
         self._published_at = 0.0
         self.publishes = 0  # for tests and /status: how many snapshots were handed on
+        # Monotonic counts for /status and /metrics, by origin.
+        self._accepted_by: collections.Counter[str] = collections.Counter()
+        self._rejected_by: collections.Counter[str] = collections.Counter()
+        self._errors_by: collections.Counter[str] = collections.Counter()
 
     # ---- SourceSink -----------------------------------------------------------------
 
@@ -129,6 +134,7 @@ class Publisher:
             self._dirty.set()
 
     def source_error(self, origin: str, message: str) -> None:
+        self._errors_by[origin] += 1
         state = self._sources.get(origin)
         if state is None or state.ok or state.error != message:
             log.warning("source %s: %s (serving the last good state)", origin, message)
@@ -152,12 +158,14 @@ class Publisher:
 
     def _rejected(self, origin: str, message: str) -> None:
         log.error("config rejected, the last good config keeps serving:\n%s", message)
+        self._rejected_by[origin] += 1
         self.source_error(origin, "config rejected (see config.last_error)")
 
     def _accepted(self, origin: str, version: str) -> None:
         config = self._desired.config
         assert config is not None
         log.info("config %s accepted from %s", version, origin)
+        self._accepted_by[origin] += 1
         if self._catalog_source is not None:
             self._catalog_source.watch(frozenset(config.cluster_names()))
         self._waiting_since = None
@@ -260,6 +268,8 @@ class Publisher:
                 "version": good.version if good else None,
                 "accepted_at": good.accepted_at if good else None,
                 "last_error": self._desired.error,
+                "accepted": dict(self._accepted_by),
+                "rejected": dict(self._rejected_by),
             },
             "snapshot": {
                 "version": snap.version if snap else None,
@@ -268,7 +278,12 @@ class Publisher:
                 "publishes": self.publishes,
             },
             "sources": {
-                origin: {"ok": s.ok, "error": s.error, "since": s.since}
+                origin: {
+                    "ok": s.ok,
+                    "error": s.error,
+                    "since": s.since,
+                    "errors": self._errors_by[origin],
+                }
                 for origin, s in sorted(self._sources.items())
             },
             "instances": {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from junction.xds.protocol import (
     Sent,
     StaleNonce,
     StreamCore,
+    StreamKind,
     Subscribed,
     Superseded,
     Unsubscribed,
@@ -50,7 +51,7 @@ from junction.xds.protocol_delta import DeltaStream
 from junction.xds.protocol_sotw import SotwStream
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type
 
-__all__ = ["OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
+__all__ = ["OnEvents", "OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
 
 log = logging.getLogger("junction.xds")
 
@@ -119,6 +120,9 @@ def _lenient(message: type[Message]) -> Callable[[bytes], object]:
 
 #: Told each response as grpc serializes it for the wire, and its size in bytes.
 OnSend = Callable[[Message, int], None]
+#: Told every protocol event of every stream: (node id or "?", stream kind, stream id,
+#: events). Metrics count with it; it must be cheap and must not raise.
+OnEvents = Callable[[str, StreamKind, int, Sequence[Event]], None]
 
 
 class XdsServicer:
@@ -129,9 +133,16 @@ class XdsServicer:
     twice); it must be cheap and must not raise. Without it, nothing is wrapped.
     """
 
-    def __init__(self, cache: SnapshotCache, *, on_send: OnSend | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        on_send: OnSend | None = None,
+        on_events: OnEvents | None = None,
+    ) -> None:
         self.cache = cache
         self._on_send = on_send
+        self._on_events = on_events
         self._queues: set[asyncio.Queue[object]] = set()
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -256,6 +267,8 @@ class XdsServicer:
     ) -> None:
         """Log the events; wake the node's other streams if the core says its state changed."""
         node = core.node_id or "?"
+        if self._on_events is not None and out.events:
+            self._on_events(node, core.kind, core.id, out.events)
         for event in out.events:
             _log_event(node, core, event, peer)
         if out.node_changed and core.node_id is not None:
@@ -334,14 +347,19 @@ class XdsServer(grpc.aio.Server):  # type: ignore[misc]
 
 
 async def create_server(
-    cache: SnapshotCache, address: str = "127.0.0.1:0", *, on_send: OnSend | None = None
+    cache: SnapshotCache,
+    address: str = "127.0.0.1:0",
+    *,
+    on_send: OnSend | None = None,
+    on_events: OnEvents | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start an xDS server for ``cache`` on ``address``; returns it and the bound port.
 
     Stop it with ``await server.stop(grace)``: open streams end at once (Envoy reconnects),
-    in-flight sends get ``grace`` seconds. ``on_send``: see :class:`XdsServicer`.
+    in-flight sends get ``grace`` seconds. ``on_send``, ``on_events``: see
+    :class:`XdsServicer`.
     """
-    servicer = XdsServicer(cache, on_send=on_send)
+    servicer = XdsServicer(cache, on_send=on_send, on_events=on_events)
     server = XdsServer(grpc.aio.server(), servicer)
     server.add_generic_rpc_handlers(tuple(servicer.generic_handlers()))
     try:

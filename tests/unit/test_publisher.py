@@ -137,9 +137,15 @@ async def test_bad_config_keeps_the_last_good_one(parts) -> None:  # type: ignor
         await asyncio.sleep(0.3)
     assert len(cache.snapshots) == 1
     error = publisher.status()["config"]["last_error"]
-    assert "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100" in error["message"]
+    assert (
+        "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100"
+        in error["message"]
+    )
     assert publisher.status()["sources"]["c.yaml"]["ok"] is False
-    assert publisher.config is not None and publisher.config.cluster_names() == ("web-api-go", "web-api-perl")
+    assert publisher.config is not None and publisher.config.cluster_names() == (
+        "web-api-go",
+        "web-api-perl",
+    )
 
 
 async def test_reverting_to_the_good_text_clears_the_error(parts) -> None:  # type: ignore[no-untyped-def]
@@ -203,9 +209,12 @@ def test_source_errors_are_shown_until_recovery(parts) -> None:  # type: ignore[
         "ok": False,
         "error": "consul 127.0.0.1:1 unreachable",
         "since": publisher.status()["sources"]["consul:k"]["since"],
+        "errors": 1,
     }
     publisher.source_ok("consul:k")
     assert publisher.status()["sources"]["consul:k"]["ok"] is True
+    publisher.source_error("consul:k", "consul 127.0.0.1:1 unreachable")
+    assert publisher.status()["sources"]["consul:k"]["errors"] == 2  # counted, not reset
 
 
 def test_incremental_translation_equals_a_full_translation() -> None:
