@@ -210,7 +210,7 @@ def judge_states(
             where.append(i)
     out = [state for state, _, _ in items]
     for i, stats in zip(where, judge_many(jobs), strict=True):
-        out[i] = replace(out[i], stats=stats)
+        out[i] = out[i].with_stats(stats)
     return out
 
 
@@ -223,7 +223,7 @@ def step(
     ts = evidence.tick_seconds
     job = _job(state, evidence, policy, now)
     if job is not None:
-        state = replace(state, stats=judge_many([job])[0])
+        state = state.with_stats(judge_many([job])[0])
     stats = state.stats
     assert stats is not None  # judged above when there were none
     reject = math.log(1.0 / policy.alpha)
