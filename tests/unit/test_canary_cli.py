@@ -164,7 +164,7 @@ def test_status_shows_the_tests_the_controller_decides_on() -> None:
             "errors_e": 5.1,
             "latency_e": [0.9, 1.0],
             "noninferior_e": [2.0, 1.5, 1.1],
-        },  # fmt: skip
+        },
     }
     text = canary_cli.format_service("web-api", body)
     assert "tests: rollback e-value 3.2 (rolls back at 20.0), errors 5.1" in text
