@@ -13,6 +13,12 @@ Latency quantiles come from DDSketch (DataDog's ``ddsketch`` package; Masson, Ri
 VLDB 2019): every quantile is within ``relative_accuracy`` (1 %) of the true value, sketches
 of two slots merge exactly, and adding a value is O(1), none of which a sorted list gives.
 
+Each slot and key also keeps an exact latency histogram in 2 % buckets (a dict, about as
+large as the sketch): the canary counts "slower than a threshold" from it per slot, against
+thresholds known only when a step starts (:meth:`Windows.step_evidence`,
+:mod:`junction.als.evidence`); counts of histograms add up exactly across replicas,
+which a sketch's interpolated quantiles would not.
+
 A request is placed by the time it *ended* (start + duration, Envoy's clock): that is when
 its outcome became known, and it keeps a 10-minute download from landing in a slot that is
 long gone. Ends in the future (clock skew between hosts) are clamped to now; ends older
@@ -28,6 +34,13 @@ from typing import Any, NamedTuple
 
 from ddsketch import DDSketch
 
+from junction.als.evidence import (
+    SideCounts,
+    StepEvidence,
+    TickCounts,
+    edge_bucket,
+    latency_bucket,
+)
 from junction.als.record import SOURCE_SPLIT, LogRecord, classify
 
 __all__ = ["Figures", "WindowKey", "Windows"]
@@ -43,7 +56,7 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("failures", "requests", "resets", "server_errors", "sketch")
+    __slots__ = ("buckets", "failures", "requests", "resets", "server_errors", "sketch")
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -51,6 +64,25 @@ class _Counts:
         self.server_errors = 0
         self.resets = 0
         self.sketch = DDSketch(relative_accuracy)
+        #: Exact latency histogram (bucket -> count, :func:`latency_bucket`): the canary's
+        #: slow counts against thresholds only known when a step starts.
+        self.buckets: dict[int, int] = {}
+
+    def slow(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """Per bucket of ``edges``: the requests in buckets above it (slower than its upper
+        edge). One pass over the histogram, whatever the number of edges."""
+        order = sorted(range(len(edges)), key=edges.__getitem__)
+        ascending = [edges[i] for i in order]
+        counts = [0] * len(edges)
+        for k, n in self.buckets.items():
+            for j, edge in enumerate(ascending):
+                if k <= edge:
+                    break  # not above this edge, so not above any higher one
+                counts[j] += n
+        out = [0] * len(edges)
+        for j, i in enumerate(order):
+            out[i] = counts[j]
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +210,8 @@ class Windows:
                 if r.reset:
                     counts.resets += 1
             counts.sketch.add(r.ms)
+            b = latency_bucket(r.ms)
+            counts.buckets[b] = counts.buckets.get(b, 0) + 1
 
     def note_missing(self, entries: int, at: float | None = None) -> None:
         """Record ``entries`` log entries known lost (dropped by Envoy or the receiver)."""
@@ -234,6 +268,51 @@ class Windows:
         """A canary side's figures: requests whose cluster the weights chose (no pins, no
         experiment arm with its own version)."""
         return self.figures(start, end, cluster=cluster, source=SOURCE_SPLIT)
+
+    def canary_quantiles(
+        self, cluster: str, start: float, end: float, quantiles: tuple[float, ...]
+    ) -> tuple[float, ...] | None:
+        """A canary side's latency quantiles (ms) over ``[start, end]``; None without
+        requests. (The canary's latency thresholds: the baseline's before a step.)"""
+        merged = DDSketch(self.relative_accuracy)
+        for index in self._indexes(start, end):
+            for (_, k_cluster, _, k_source), counts in (self._slots.get(index) or {}).items():
+                if k_cluster == cluster and k_source == SOURCE_SPLIT:
+                    merged.merge(counts.sketch)
+        if not merged.count:
+            return None
+        return tuple(float(merged.get_quantile_value(q) or 0.0) for q in quantiles)
+
+    def step_evidence(
+        self,
+        baseline: str,
+        candidate: str,
+        thresholds_ms: tuple[float, ...],
+        since: float,
+        now: float,
+    ) -> StepEvidence:
+        """A canary step's counts per tick (one tick per slot, by the requests' end times)
+        over the slots overlapping ``[since, now]``: per side, the requests the weights
+        routed (no pins, no experiment arms with their own version), their failures (5xx,
+        no response, reset), and those slower than each threshold (snapped to a bucket edge,
+        :func:`snap_threshold`). ``missing``: log entries known lost in the same slots."""
+        edges = tuple(edge_bucket(t) for t in thresholds_ms)
+        ticks: list[TickCounts] = []
+        for index in self._indexes(since, now):
+            bucket = self._slots.get(index)
+            if not bucket:
+                continue
+            sides = {baseline: SideCounts(0, 0, (0,) * len(edges))}
+            sides[candidate] = sides[baseline]
+            for (_, k_cluster, _, k_source), c in bucket.items():
+                if k_source != SOURCE_SPLIT or k_cluster not in sides:
+                    continue
+                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow(edges))
+            if sides[baseline].requests or sides[candidate].requests:
+                ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
+        return StepEvidence(
+            self.slot_seconds, tuple(thresholds_ms), tuple(ticks), self.missing(since, now)
+        )
 
     def missing(self, start: float, end: float) -> int:
         """Log entries known lost in the slots overlapping ``[start, end]``."""

@@ -4,15 +4,21 @@ Every ``tick`` (0.5 s) and for every service with a ramp policy in the current c
 
 1. read the stored state (a missing one, a corrupt one, or one of another candidate starts
    a fresh ramp at the first step);
-2. gather the :class:`~junction.canary.step.Evidence` of the current step: both sides'
-   figures since the step began (requests the weights routed: no pins, no experiment arms
-   with their own version) and the log entries lost meanwhile (the receiver's drops and
-   Envoy's, via :class:`~junction.als.envoy_drops.EnvoyDrops`);
-3. :func:`~junction.canary.step.step`;
-4. if the state changed, write it at the index it was read at. When another replica's
-   controller wrote first, the write fails and nothing else happens: the next tick reads
-   the new state. So replicas never step twice for one interval, and a restarted controller
-   resumes where the store says the ramp is.
+2. at a step's start, fix its latency thresholds (the policy's, or the baseline's quantiles
+   over ``latency-lookback``) in the state, so every replica counts against the same ones;
+3. gather the :class:`~junction.als.evidence.StepEvidence` of the ticks not judged yet
+   (:func:`~junction.canary.step.pending_window`): both sides' counts per tick (requests
+   the weights routed: no pins, no experiment arms with their own version) and the log
+   entries lost meanwhile (the receiver's drops and Envoy's, via
+   :class:`~junction.als.envoy_drops.EnvoyDrops`);
+4. :func:`~junction.canary.step.step`;
+5. if it recorded an event, or the running tests are due a checkpoint
+   (:func:`~junction.canary.step.needs_write`), write the state at the index it was read
+   at. When another replica's controller wrote first, the write fails and nothing else
+   happens: the next tick reads the new state. So replicas never step twice for one
+   interval, and a restarted controller resumes where the store says the ramp is (ticks
+   after the last checkpoint are judged again from the windows: the same counts give the
+   same tests).
 
 Every recorded decision is an event with its evidence: kept in the state (last 50), in
 :attr:`CanaryController.events`, logged, and appended to the events file when one is set
@@ -26,34 +32,64 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from junction.als.envoy_drops import EnvoyDrops
+from junction.als.evidence import StepEvidence
 from junction.als.sinks import RotatingFile, dump_lines
 from junction.als.windows import Windows
 from junction.canary.errors import StoreError
 from junction.canary.policy import CanaryPolicy, policies
-from junction.canary.state import CanaryEvent, Phase
-from junction.canary.step import Decision, Evidence, initial_state, step
-from junction.canary.store import StateStore
+from junction.canary.state import CanaryEvent, CanaryState, Phase
+from junction.canary.step import (
+    CanaryDecision,
+    initial_state,
+    judge_states,
+    needs_write,
+    pending_window,
+    step,
+    step_thresholds,
+)
+from junction.canary.store import StateStore, Stored
 from junction.config.model import Config
 
-__all__ = ["CanaryController", "gather_evidence"]
+__all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
 
 log = logging.getLogger("junction.canary")
 
 
-def gather_evidence(windows: Windows, policy: CanaryPolicy, since: float, now: float) -> Evidence:
-    """Both sides' figures and the lost entries over ``[since, now]`` (clipped to the
-    windows' horizon)."""
-    start = max(since, now - windows.horizon)
-    return Evidence(
-        start=start,
-        end=now,
-        baseline=windows.canary_figures(policy.baseline, start, now),
-        candidate=windows.canary_figures(policy.candidate, start, now),
-        missing=windows.missing(start, now),
+def gather_evidence(
+    windows: Windows, policy: CanaryPolicy, state: CanaryState, now: float
+) -> StepEvidence:
+    """The counts of the ticks :func:`~junction.canary.step.step` will judge now (clipped to
+    the windows' horizon), against the state's latency thresholds."""
+    window = pending_window(state, policy, now, windows.slot_seconds)
+    if window is None:
+        return StepEvidence(windows.slot_seconds, state.thresholds_ms)
+    since, until = window
+    return windows.step_evidence(
+        policy.baseline,
+        policy.candidate,
+        state.thresholds_ms,
+        max(since, now - windows.horizon),
+        until,
     )
+
+
+def fix_thresholds(
+    windows: Windows, policy: CanaryPolicy, state: CanaryState, now: float
+) -> CanaryState:
+    """``state`` with its step's latency thresholds fixed, if they are not yet and can be."""
+    if state.thresholds_ms or not policy.latency_metrics:
+        return state
+    quantiles = None
+    if policy.latency_thresholds is None:
+        quantiles = windows.canary_quantiles(
+            policy.baseline, now - policy.latency_lookback, now, policy.latency_quantiles
+        )
+    fixed = step_thresholds(policy, quantiles)
+    return replace(state, thresholds_ms=fixed) if fixed else state
 
 
 class CanaryController:
@@ -83,6 +119,9 @@ class CanaryController:
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
+        self._policies: tuple[Config, dict[str, CanaryPolicy]] | None = None
+        #: The latest decision per service, holds included (its evidence: the e-values).
+        self.latest: dict[str, CanaryDecision] = {}
 
     async def run(self) -> None:
         while True:
@@ -92,33 +131,60 @@ class CanaryController:
                 log.exception("canary controller tick failed")
             await asyncio.sleep(self._tick)
 
-    async def tick(self) -> list[Decision]:
-        """One pass over every ramp; returns the decisions that changed a state."""
+    async def tick(self) -> list[CanaryDecision]:
+        """One pass over every ramp; returns the decisions recorded (with an event).
+
+        Reads every state first, then folds all ramps' new ticks into their tests in one
+        stacked update (:func:`~junction.canary.step.judge_states`), then decides and
+        writes ramp by ramp."""
         self.ticks += 1
         if self._drops is not None:
             await self._drops.poll()
         config = self._config()
         if config is None:
             return []
-        made: list[Decision] = []
         errors: list[str] = []
-        for policy in policies(config).values():
+        ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
+        now = self._clock()
+        if self._policies is None or self._policies[0] is not config:
+            self._policies = (config, policies(config))  # once per config, not per tick
+        for policy in self._policies[1].values():
             try:
-                decision = await self._service(policy)
+                read = await self._read(policy, now)
             except StoreError as exc:
                 errors.append(str(exc))
                 continue
-            if decision is not None:
-                made.append(decision)
+            if read is not None:
+                stored, state = read
+                working = fix_thresholds(self.windows, policy, state, now)
+                evidence = gather_evidence(self.windows, policy, working, now)
+                ramps.append((policy, stored, working, evidence))
+        judged = judge_states([(w, ev, p) for p, _, w, ev in ramps], now)
+        made: list[CanaryDecision] = []
+        for (policy, stored, _, evidence), working in zip(ramps, judged, strict=True):
+            decision = step(working, evidence, policy, now)
+            self.latest[policy.service] = decision
+            stored_state = stored.state
+            assert stored_state is not None
+            if decision.event is None and not needs_write(
+                stored_state, decision.state, evidence.tick_seconds
+            ):
+                continue
+            try:
+                if await self._write(decision, stored.index):
+                    made.append(decision)
+            except StoreError as exc:
+                errors.append(str(exc))
         error = "; ".join(errors) or None
         if error and error != self.error:
             log.warning("canary controller: %s (ramps hold until the store answers)", error)
         self.error = error
         return made
 
-    async def _service(self, policy: CanaryPolicy) -> Decision | None:
+    async def _read(self, policy: CanaryPolicy, now: float) -> tuple[Stored, CanaryState] | None:
+        """The stored state of a ramp that is ramping; a missing, corrupt or other
+        candidate's state starts a new ramp (written here; judged from the next tick)."""
         stored = await self.store.get(policy.service)
-        now = self._clock()
         state = stored.state if stored is not None else None
         if state is None or (state.baseline, state.candidate) != (
             policy.baseline,
@@ -132,21 +198,20 @@ class CanaryController:
             else:
                 self.lost_races += 1
             return None
-        if state.phase is not Phase.RAMPING:
+        if state.phase is not Phase.RAMPING or stored is None:
             return None
-        decision = step(
-            state, gather_evidence(self.windows, policy, state.step_started, now), policy, now
-        )
-        if decision.state is state:
-            return None
-        assert stored is not None
-        if not await self.store.put(decision.state, index=stored.index):
+        return stored, state
+
+    async def _write(self, decision: CanaryDecision, index: int) -> bool:
+        """Store the decision's state at ``index``; True if it recorded an event."""
+        if not await self.store.put(decision.state, index=index):
             # Another replica decided first; its state is read on the next tick.
             self.lost_races += 1
-            return None
-        if decision.event is not None:
-            self._record(decision.event)
-        return decision
+            return False
+        if decision.event is None:
+            return False  # a checkpoint of the tests, not a decision
+        self._record(decision.event)
+        return True
 
     def _record(self, event: CanaryEvent) -> None:
         self.events.append(event)
@@ -169,4 +234,13 @@ class CanaryController:
             "lost_races": self.lost_races,
             "envoy_drops": self._drops.status() if self._drops is not None else None,
             "recent_events": [e.to_json() for e in list(self.events)[-20:]],
+            "latest": {
+                name: {
+                    "at": d.at,
+                    "action": d.action.value,
+                    "reason": d.reason,
+                    "evidence": d.evidence,
+                }
+                for name, d in sorted(self.latest.items())
+            },
         }

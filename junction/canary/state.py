@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 
+from junction.als.evidence import EvidenceFormatError
 from junction.canary.errors import StateFormatError
+from junction.canary.monitor import RampStats
 
 __all__ = ["MAX_EVENTS", "CanaryEvent", "CanaryState", "Phase"]
 
@@ -98,6 +100,14 @@ class CanaryState:
     reason: str = ""
     checked: float = 0.0
     events: tuple[CanaryEvent, ...] = field(default=())
+    #: The latency thresholds (ms, snapped to the windows' bucket edges) fixed when the
+    #: current step started; every replica counts "slow" requests against these. Empty
+    #: until the controller has fixed them.
+    thresholds_ms: tuple[float, ...] = ()
+    #: The running anytime-valid tests (:class:`~junction.canary.monitor.RampStats`), None
+    #: before the first tick is judged. Not part of equality: watchers of the store (the
+    #: publisher) react to weights and phases, not to every judged tick.
+    stats: RampStats | None = field(default=None, compare=False)
 
     def evolve(self, event: CanaryEvent | None = None, **changes: Any) -> CanaryState:
         """A copy with ``changes``, ``updated`` set, and ``event`` appended (bounded)."""
@@ -106,6 +116,15 @@ class CanaryState:
             events = (*events, event)[-MAX_EVENTS:]
             changes.setdefault("updated", event.at)
         return replace(self, events=events, **changes)
+
+    def with_stats(self, stats: RampStats | None) -> CanaryState:
+        """A copy with other tests (the controller's per-tick path: cheaper than
+        :func:`dataclasses.replace`)."""
+        return CanaryState(
+            self.service, self.version, self.baseline, self.candidate, self.weight,
+            self.phase, self.step_started, self.updated, self.reason, self.checked,
+            self.events, self.thresholds_ms, stats,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +138,8 @@ class CanaryState:
             "updated": self.updated,
             "reason": self.reason,
             "checked": self.checked,
+            "thresholds_ms": list(self.thresholds_ms),
+            "stats": None if self.stats is None else self.stats.to_json(),
             "events": [e.to_json() for e in self.events],
         }
 
@@ -145,11 +166,13 @@ class CanaryState:
                 updated=float(data["updated"]),
                 reason=str(data.get("reason", "")),
                 checked=float(data.get("checked", 0.0)),
+                thresholds_ms=tuple(float(x) for x in data.get("thresholds_ms") or ()),
+                stats=RampStats.from_json(data["stats"]) if data.get("stats") else None,
                 events=tuple(CanaryEvent.from_json(e) for e in data.get("events") or ()),
             )
         except KeyError as exc:
             raise StateFormatError(f"missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, EvidenceFormatError) as exc:
             raise StateFormatError(str(exc)) from None
 
     @classmethod

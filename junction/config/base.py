@@ -61,7 +61,8 @@ def check_names(names: Mapping[str, Any], what: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Number:
-    """A number in ``[lo, hi]`` (``(lo, hi]`` with ``above_lo``), else ``message``.
+    """A number in ``[lo, hi]`` (open at ``lo`` with ``above_lo``, at ``hi`` with
+    ``below_hi``), else ``message``.
 
     ``integer``: whole numbers only, returned as they are; otherwise ints and floats are
     accepted and returned as float. ``decimals``: at most that many decimal places (a
@@ -74,6 +75,7 @@ class Number:
     integer: bool = False
     above_lo: bool = False
     decimals: int | None = None
+    below_hi: bool = False
 
     def __call__(self, value: Any) -> Any:
         if not self.accepts(value):
@@ -87,7 +89,8 @@ class Number:
         if isinstance(value, float) and not math.isfinite(value):
             return False
         low_ok = self.lo < value if self.above_lo else self.lo <= value
-        if not (low_ok and value <= self.hi):
+        high_ok = value < self.hi if self.below_hi else value <= self.hi
+        if not (low_ok and high_ok):
             return False
         if self.decimals is None:
             return True
