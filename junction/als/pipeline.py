@@ -25,6 +25,7 @@ from typing import Any
 
 from envoy.service.accesslog.v3 import als_pb2
 
+from junction.als.decision_counts import DecisionCounts
 from junction.als.record import records_from_entries
 from junction.als.sinks import SinkRunner
 from junction.als.windows import Windows
@@ -76,6 +77,8 @@ class Pipeline:
         self.sinks = sinks or SinkRunner(())
         self.max_queue_bytes = max_queue_bytes
         self.counters = Counters()
+        #: Decision tags from the log: native decisions included (decision_counts).
+        self.decisions = DecisionCounts()
         self._clock = clock
         self._queue: collections.deque[tuple[str, als_pb2.StreamAccessLogsMessage, int]] = (
             collections.deque()
@@ -120,6 +123,7 @@ class Pipeline:
         self._queued_bytes -= size
         records = records_from_entries(message.http_logs.log_entry, node, self._clock())
         self.windows.add(records)
+        self.decisions.add(records)
         self.sinks.submit(records)
         self.counters.processed_entries += len(records)
         return True
@@ -148,4 +152,5 @@ class Pipeline:
             "max_queue_bytes": self.max_queue_bytes,
             "late_entries": self.windows.late,
             "sinks": self.sinks.status(),
+            "decisions": self.decisions.to_json(),
         }
