@@ -518,6 +518,13 @@ async def test_canary_users_stay_sticky_while_the_service_fails_open(stack: Stac
     assert {a.decision for a in failed_open} == {""}  # Envoy decided: no tag
     assert [a.service for a in failed_open] == [a.service for a in served]
     assert {a.status for a in failed_open} == {200}
+    # Until the service decides again (the supervisor may have replaced stopped workers,
+    # and Envoy's gRPC stream reconnects), so the next test starts from a serving stack.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (await stack.get(x_user_id="sticky-0")).decision == "":
+        assert loop.time() < deadline, stack.junction.log()
+        await asyncio.sleep(0.1)
     await stack.apply(stack.render())
 
 
