@@ -15,8 +15,8 @@ Order of precedence for a request on a planned route (:mod:`junction.extproc.pla
 2. the first matching **experiment** that puts the request's key into one of its arms;
    an arm with a version decides the cluster, an arm without one only tags;
 3. the service's **canary**: bucket < weight goes to the candidate, else the default;
-4. otherwise Envoy's own weighted route (the YAML weights) picks, as when the service is
-   down and the filter fails open.
+4. otherwise Envoy's own plain route picks (the YAML weights, or the canary's hash split),
+   as when the service is down and the filter fails open.
 
 Experiment keys and buckets are in :mod:`junction.extproc.keys`; canary buckets use Envoy's
 own hash (:mod:`junction.extproc.envoy_hash`).

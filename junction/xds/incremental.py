@@ -21,6 +21,7 @@ from junction.xds.translate import (
     build_route_configuration,
 )
 from junction.xds.translate_cluster import build_cluster, build_load_assignment
+from junction.xds.translate_native import unavailable_versions
 
 __all__ = ["IncrementalTranslator"]
 
@@ -34,13 +35,18 @@ class IncrementalTranslator:
         self._static: dict[str, dict[str, Resource]] = {}
         self._endpoints: dict[str, tuple[tuple[Instance, ...], Resource]] = {}
         self._snapshot: Snapshot | None = None  # the last one, for the current config
+        #: Version clusters without a usable host when the routes were built (native pin
+        #: routes depend on it: translate_native).
+        self._unavailable: frozenset[str] = frozenset()
 
     def translate(
         self, config: Config, catalog: Catalog, *, origin: str = "", config_version: str = ""
     ) -> Snapshot:
+        unavailable = unavailable_versions(config, catalog)
         if config is not self._config:
             # A new config: rebuild what depends on it alone; endpoints too, since their
             # port override and locality weighting come from the config.
+            self._unavailable = unavailable
             names = config.cluster_names()
             self._static = {
                 CLUSTER: {n: Resource.of(n, build_cluster(config, n)) for n in names},
@@ -49,13 +55,25 @@ class IncrementalTranslator:
                 },
                 ROUTE: {
                     ROUTE_CONFIG_NAME: Resource.of(
-                        ROUTE_CONFIG_NAME, build_route_configuration(config)
+                        ROUTE_CONFIG_NAME, build_route_configuration(config, unavailable)
                     )
                 },
             }
             self._endpoints = {}
             self._snapshot = None
             self._config = config
+        elif unavailable != self._unavailable:
+            # A version lost (or regained) its last usable host: re-point its pin routes.
+            self._unavailable = unavailable
+            self._static = {
+                **self._static,
+                ROUTE: {
+                    ROUTE_CONFIG_NAME: Resource.of(
+                        ROUTE_CONFIG_NAME, build_route_configuration(config, unavailable)
+                    )
+                },
+            }
+            self._snapshot = None
         endpoints: dict[str, Resource] = {}
         changed = self._snapshot is None
         for name in self._static[CLUSTER]:

@@ -283,3 +283,19 @@ def test_no_ext_proc_filter_when_everything_is_native() -> None:
     text = textwrap.dedent(config()).split("experiments:")[0]
     s = translate(load_config(text, "t"), Catalog())
     assert not any(r.typed_per_filter_config for r in routes(s).values())
+
+
+def test_the_incremental_translator_re_points_pins_when_health_changes() -> None:
+    from junction.xds.incremental import IncrementalTranslator
+
+    cfg = load_config(config(), "t")
+    healthy = Catalog(
+        {"web-api-perl": (Instance("10.0.0.1", 80),), "web-api-go": (Instance("10.0.0.2", 80),)}
+    )
+    sick = healthy.replace("web-api-go", [Instance("10.0.0.2", 80, health=Health.UNHEALTHY)])
+    inc = IncrementalTranslator()
+    for catalog in (healthy, sick, healthy):
+        got = inc.translate(cfg, catalog)
+        assert got.version == translate(cfg, catalog).version
+        want = "web-api-go" if catalog is healthy else "web-api-perl"
+        assert routes(got)["/api#pin=go"].route.cluster == want
