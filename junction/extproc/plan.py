@@ -65,7 +65,8 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def uses_decisions(config: Config) -> bool:
-    """Whether any route calls the decision service (else no filter is installed at all)."""
+    """Whether any route decides (natively in Envoy or through the service: which one is
+    :mod:`junction.extproc.tiers`' choice)."""
     return any(p.enabled for p in route_plans(config))
 
 

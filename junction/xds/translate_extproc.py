@@ -2,9 +2,12 @@
 when the config has ``versions`` with pins or a canary, or ``experiments``.
 
 Pure, like the rest of translation; which routes need a decision comes from
-:func:`junction.extproc.plan.route_plans`, the view the decision service itself uses.
+:func:`junction.extproc.plan.route_plans`, the view the decision service itself uses, and
+who makes it from :mod:`junction.extproc.tiers`: ``native`` routes get Envoy-only routes
+(:mod:`junction.xds.translate_native`) and ext_proc off; what follows is for ``service``
+routes. With no ``service`` route, no ext_proc filter is installed at all.
 
-- **Header-matched routes.** In front of each planned prefix route of a versioned service,
+- **Header-matched routes.** In front of each ``service`` prefix route of a versioned service,
   one route per version cluster: the same prefix AND ``x-junction-cluster`` exactly that
   cluster, routing to it (same host rewrite and timeout). The decision service sets the
   header and asks Envoy to re-pick the route (``clear_route_cache``); the plain weighted
@@ -19,8 +22,8 @@ Pure, like the rest of translation; which routes need a decision comes from
   ``decision.failure-mode`` (closed answers 503); ``message_timeout`` from
   ``decision.timeout``. The downstream address is sent (attribute ``source.address``) only
   when a pin trusts by CIDR.
-- **Disabled where nothing is decided** (``ExtProcPerRoute.disabled``), e.g. ``/asset``:
-  those requests never wait for the service.
+- **Disabled where the service decides nothing** (``ExtProcPerRoute.disabled``), e.g.
+  ``/asset`` and ``native`` routes: those requests never wait for the service.
 - **Sticky cookies.** The service puts a freshly issued cookie in dynamic metadata; routes
   of experiments with ``sticky-cookie`` copy it into ``Set-Cookie`` on the response
   (``%DYNAMIC_METADATA(...)%``; absent metadata adds nothing). One message per request:

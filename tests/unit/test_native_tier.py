@@ -299,3 +299,10 @@ def test_the_incremental_translator_re_points_pins_when_health_changes() -> None
         assert got.version == translate(cfg, catalog).version
         want = "web-api-go" if catalog is healthy else "web-api-perl"
         assert routes(got)["/api#pin=go"].route.cluster == want
+
+
+def test_no_tag_or_version_headers_when_both_are_switched_off() -> None:
+    text = config("{trust: any, propagate: ''}", extra="decision: {header: ''}\n")
+    r = routes(translate(load_config(text, "t"), Catalog()))
+    assert not r["/api#pin=go"].request_headers_to_add
+    assert not any(c.request_headers_to_add for c in r["/api"].route.weighted_clusters.clusters)
