@@ -470,6 +470,21 @@ def canary_side(key: str, weight: float) -> str:
     )
 
 
+@PATHS
+async def test_canary_keys_land_on_the_side_envoys_hash_gives(stack: Stack, force: bool) -> None:
+    await stack.apply(stack.render(canary=30, force=force))
+    answers = await stack.many(400, x_user_id=lambda i: f"key-{i}")
+    for i, a in enumerate(answers):
+        assert a.service == canary_side(f"key-{i}", 30), (i, a)
+        assert (a.decision, a.version) == (f"canary={a.service[8:]}", a.service[8:])
+    # Raising the weight only adds users: everyone on go at 30 % stays there at 60 %.
+    await stack.apply(stack.render(canary=60, force=force))
+    higher = await stack.many(400, x_user_id=lambda i: f"key-{i}")
+    on_go = {i for i, a in enumerate(answers) if a.service == "web-api-go"}
+    on_go_higher = {i for i, a in enumerate(higher) if a.service == "web-api-go"}
+    assert on_go < on_go_higher
+
+
 async def test_mixed_config_native_canary_and_an_experiment_through_the_service(
     stack: Stack,
 ) -> None:
