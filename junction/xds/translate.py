@@ -15,8 +15,10 @@ What it produces (xDS resource names in :mod:`junction.xds.names`):
 - one RouteConfiguration ``junction_routes``: one virtual host per route block, one route
   per prefix (longest first), a single cluster or weighted clusters;
 - when the config asks for per-request decisions (``versions`` with a pin or canary,
-  ``experiments``): the ext_proc filter, header-matched version routes and the per-route
-  ext_proc switch (see :mod:`junction.xds.translate_extproc`);
+  ``experiments``): per route, either Envoy-only pin routes and the sticky canary split
+  (:mod:`junction.xds.translate_native`) or the ext_proc filter, header-matched version
+  routes and the per-route ext_proc switch (:mod:`junction.xds.translate_extproc`), as
+  :mod:`junction.extproc.tiers` chooses;
 - per cluster name, a Cluster (EDS over ADS) and its ClusterLoadAssignment
   (see :mod:`junction.xds.translate_cluster`).
 
