@@ -29,6 +29,7 @@ import xxhash
 from harness import Junction, Tally, drive, free_port, junction_up, upstreams
 
 from junction.extproc.pins import sign_pin
+from junction.extproc.worker import PUBLISH_INTERVAL
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -470,6 +471,21 @@ def canary_side(key: str, weight: float) -> str:
     )
 
 
+async def settled_counters(stack: Stack) -> dict[str, int]:
+    """The service's counters once every worker has published its last decisions (workers
+    publish every PUBLISH_INTERVAL): equal across two reads that far apart."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    last = (await stack.stats())["counters"]
+    while True:
+        await asyncio.sleep(2 * PUBLISH_INTERVAL)
+        now = (await stack.stats())["counters"]
+        if now == last:
+            return dict(now)
+        assert loop.time() < deadline, "the service's counters never settled"
+        last = now
+
+
 @PATHS
 async def test_canary_keys_land_on_the_side_envoys_hash_gives(stack: Stack, force: bool) -> None:
     await stack.apply(stack.render(canary=30, force=force))
@@ -489,7 +505,7 @@ async def test_mixed_config_native_canary_and_an_experiment_through_the_service(
     stack: Stack,
 ) -> None:
     await stack.apply(stack.render(canary=30))
-    before = (await stack.stats())["counters"]
+    before = await settled_counters(stack)
     keyed = await stack.many(400, x_user_id=lambda i: f"mixed-{i}")
     pinned = await stack.many(100, x_junction_version="go")
     for i, a in enumerate(keyed):  # the native canary: Envoy's hash, tagged like the service
@@ -498,7 +514,7 @@ async def test_mixed_config_native_canary_and_an_experiment_through_the_service(
         assert a.version == a.service.removeprefix("web-api-")
     assert {(a.service, a.decision, a.version) for a in pinned} == {("web-api-go", "pin=go", "go")}
     # None of those reached the service; the experiment's route still does.
-    assert (await stack.stats())["counters"]["requests"] == before["requests"]
+    assert (await settled_counters(stack))["requests"] == before["requests"]
     feed = await stack.many(400, "/api/feed", x_user_id=lambda i: f"mixed-{i}")
     arms = Counter(a.decision for a in feed)
     assert set(arms) == {
