@@ -32,6 +32,7 @@ from junction.config.model import Config
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
+from junction.extproc.tiers import tier_summary
 from junction.loop.service import AlsService, AlsSettings
 from junction.metrics import metrics_route
 from junction.status import StatusServer
@@ -150,7 +151,7 @@ class ControlPlane:
             if settings.als is not None
             else None
         )
-        sections = {"canary": self.canary.status}
+        sections = {"canary": self.canary.status, "decisions": self._decision_tiers}
         routes = [self.canary.add_routes, metrics_route(self.metrics)]
         if self.als is not None:
             sections["als"] = self.als.status
@@ -173,6 +174,11 @@ class ControlPlane:
 
     def _config(self) -> Config | None:
         return self.publisher.config
+
+    def _decision_tiers(self) -> list[dict[str, object]]:
+        """/status ``decisions``: per route, whether Envoy or the service decides, and why."""
+        config = self.publisher.config
+        return tier_summary(config) if config is not None else []
 
     def _envoy_admin(self) -> str | None:
         if self.envoy is not None:

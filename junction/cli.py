@@ -135,7 +135,12 @@ def _render(args: argparse.Namespace) -> int:
     snapshot = translate(
         config, Catalog(services), origin=args.config, config_version=config_version(text)
     )
-    sys.stdout.buffer.write(orjson.dumps(render(snapshot), option=orjson.OPT_INDENT_2) + b"\n")
+    from junction.extproc.tiers import tier_summary
+
+    # Who decides per route (Envoy natively, or the decision service, and why) next to
+    # the resources that implement it.
+    out: dict[str, object] = {**render(snapshot), "decisions": tier_summary(config)}
+    sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
 
 

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from junction.als.errors import AlsError
+
 __all__ = [
     "LATENCY_BUCKET_GROWTH",
     "EvidenceFormatError",
@@ -69,7 +71,7 @@ def edge_bucket(edge_ms: float) -> int:
     return round(math.log(max(edge_ms, _MIN_MS)) / _LOG_GROWTH)
 
 
-class EvidenceFormatError(ValueError):
+class EvidenceFormatError(AlsError):
     """Evidence that cannot be read or merged; the message says what is wrong."""
 
 

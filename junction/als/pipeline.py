@@ -25,14 +25,12 @@ from typing import Any
 
 from envoy.service.accesslog.v3 import als_pb2
 
-from junction.als.record import LogRecord, classify, records_from_entries
+from junction.als.decision_counts import DecisionCounts
+from junction.als.record import records_from_entries
 from junction.als.sinks import SinkRunner
 from junction.als.windows import Windows
 
 __all__ = ["Counters", "Pipeline"]
-
-#: Distinct (cluster, source, failed) keys kept in :attr:`Pipeline.requests`.
-MAX_TALLY_KEYS = 1000
 
 log = logging.getLogger("junction.als")
 
@@ -79,10 +77,9 @@ class Pipeline:
         self.sinks = sinks or SinkRunner(())
         self.max_queue_bytes = max_queue_bytes
         self.counters = Counters()
-        #: Requests by (cluster, how it was chosen, failed), for /metrics: decisions per
-        #: version as Envoy carried them out, native ones included. Bounded: past
-        #: MAX_TALLY_KEYS distinct keys, unseen clusters count as ``_other``.
-        self.requests: collections.Counter[tuple[str, str, bool]] = collections.Counter()
+        #: Decision tags and requests per cluster from the log: native decisions
+        #: included (decision_counts).
+        self.decisions = DecisionCounts()
         self._clock = clock
         self._queue: collections.deque[tuple[str, als_pb2.StreamAccessLogsMessage, int]] = (
             collections.deque()
@@ -127,18 +124,10 @@ class Pipeline:
         self._queued_bytes -= size
         records = records_from_entries(message.http_logs.log_entry, node, self._clock())
         self.windows.add(records)
+        self.decisions.add(records)
         self.sinks.submit(records)
-        self._tally(records)
         self.counters.processed_entries += len(records)
         return True
-
-    def _tally(self, records: list[LogRecord]) -> None:
-        tally = self.requests
-        for r in records:
-            key = (r.cluster, classify(r.decision)[0], r.failed)
-            if key not in tally and len(tally) >= MAX_TALLY_KEYS:
-                key = ("_other", key[1], key[2])  # a client sending made-up cluster names
-            tally[key] += 1
 
     async def run(self) -> None:
         """Process queued messages until cancelled. A message that breaks processing (a bug:
@@ -164,4 +153,5 @@ class Pipeline:
             "max_queue_bytes": self.max_queue_bytes,
             "late_entries": self.windows.late,
             "sinks": self.sinks.status(),
+            "decisions": self.decisions.to_json(),
         }

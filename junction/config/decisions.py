@@ -460,12 +460,16 @@ class DecisionSettings(_Model):
     ``header``: the decision tag set upstream ("" = off). ``failure-mode``: ``open`` lets
     requests through on the plain routes when the service fails; ``closed`` answers them
     with an error. ``timeout``: ext_proc's per-message timeout, seconds.
+    ``force-service``: route every decision through the service, even those Envoy makes
+    natively (header/query pins with ``trust: any``, the sticky canary); for debugging
+    (:mod:`junction.extproc.tiers`).
     """
 
     transport: Literal["http", "grpc"] = "http"
     header: str = "x-junction-decision"
     failure_mode: Literal["open", "closed"] = "open"
     timeout: Seconds = 0.2
+    force_service: bool = False
 
     @field_validator("header")
     @classmethod

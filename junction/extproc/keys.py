@@ -1,6 +1,7 @@
 """Assignment keys and buckets: where a stable key comes from, and the bucket it falls in.
 
-``bucket(salt, key) = blake2b(salt NUL key) mod 10000``: the same in every worker, replica
+Experiments: ``bucket(salt, key) = blake2b(salt NUL key) mod 10000`` (the canary uses
+Envoy's own hash instead: :mod:`junction.extproc.envoy_hash`): the same in every worker, replica
 and restart (Python's ``hash()`` is randomized per process and is never used). Keys are
 raw header or cookie bytes; empty, ambiguous (given twice) or over-long keys count as
 missing, and the counters say which.

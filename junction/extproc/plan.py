@@ -5,7 +5,8 @@ A prefix route "belongs" to a versioned service when one of its clusters is a ve
 cluster of that service (``versions.<service>.clusters``; config validation ensures at
 most one service per route). Such a route gets, in Envoy, one header-matched route per
 version cluster in front of it, and the ext_proc filter stays enabled on it when there is
-something to decide: a pin, a canary, or an experiment whose prefix overlaps the route's.
+something to decide: a pin, a canary, or an experiment whose requests can reach the route
+(its prefix overlaps the route's, and no route Envoy tries first takes them all).
 Every other route has ext_proc disabled (``ExtProcPerRoute.disabled``) and costs nothing.
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "SET_COOKIE_KEY",
     "RoutePlan",
     "overlaps",
+    "reaches",
     "route_plans",
     "service_of_cluster",
     "uses_decisions",
@@ -63,7 +65,8 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def uses_decisions(config: Config) -> bool:
-    """Whether any route calls the decision service (else no filter is installed at all)."""
+    """Whether any route decides (natively in Envoy or through the service: which one is
+    :mod:`junction.extproc.tiers`' choice)."""
     return any(p.enabled for p in route_plans(config))
 
 
@@ -72,8 +75,9 @@ def route_plans(config: Config) -> tuple[RoutePlan, ...]:
     owner = service_of_cluster(config)
     plans = []
     for vh in config.virtual_hosts():
-        for route in vh.routes:
-            plans.append(_plan(config, owner, vh.name, route))
+        for i, route in enumerate(vh.routes):
+            earlier = tuple(r.prefix for r in vh.routes[:i])
+            plans.append(_plan(config, owner, vh.name, route, earlier))
     return tuple(plans)
 
 
@@ -101,14 +105,26 @@ def wanted_headers(config: Config) -> frozenset[str]:
     return frozenset(wanted)
 
 
-def _plan(config: Config, owner: dict[str, str], vhost: str, route: PrefixRoute) -> RoutePlan:
+def reaches(experiment_prefix: str, prefix: str, earlier: tuple[str, ...]) -> bool:
+    """Whether a request the experiment matches can be routed by the route ``prefix``,
+    given the prefixes of the routes Envoy tries before it: not when an earlier route's
+    prefix starts the experiment's (it takes every such request first), e.g. an experiment
+    on ``/api/feed`` never reaches ``/api`` when ``/api/feed`` has its own route."""
+    return overlaps(experiment_prefix, prefix) and not any(
+        experiment_prefix.startswith(e) for e in earlier
+    )
+
+
+def _plan(
+    config: Config, owner: dict[str, str], vhost: str, route: PrefixRoute, earlier: tuple[str, ...]
+) -> RoutePlan:
     services = {owner[c] for c, _ in route.clusters if c in owner}
     service = min(services) if services else None  # validation allows at most one
     experiments = tuple(
         name
         for name, exp in config.experiments.items()
         if (exp.service is None or exp.service == service)
-        and overlaps(exp.match.prefix, route.prefix)
+        and reaches(exp.match.prefix, route.prefix, earlier)
     )
     sv = config.versions.get(service) if service else None
     enabled = bool(experiments) or (

@@ -15,10 +15,11 @@ Order of precedence for a request on a planned route (:mod:`junction.extproc.pla
 2. the first matching **experiment** that puts the request's key into one of its arms;
    an arm with a version decides the cluster, an arm without one only tags;
 3. the service's **canary**: bucket < weight goes to the candidate, else the default;
-4. otherwise Envoy's own weighted route (the YAML weights) picks, as when the service is
-   down and the filter fails open.
+4. otherwise Envoy's own plain route picks (the YAML weights, or the canary's hash split),
+   as when the service is down and the filter fails open.
 
-Assignment keys and buckets are in :mod:`junction.extproc.keys`.
+Experiment keys and buckets are in :mod:`junction.extproc.keys`; canary buckets use Envoy's
+own hash (:mod:`junction.extproc.envoy_hash`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from dataclasses import dataclass
 from junction.config.decisions import BUCKETS, CLUSTER_HEADER, Experiment
 from junction.config.model import Config
 from junction.extproc.counters import Counters
+from junction.extproc.envoy_hash import CanaryKey
 from junction.extproc.hosts import HostMatcher
 from junction.extproc.keys import Hasher, Headers, KeyReader, Request, valid_sticky
 from junction.extproc.pins import AMBIGUOUS, PinCheck, query_param, verify_pin
 from junction.extproc.plan import route_plans, wanted_headers
+from junction.extproc.prefixes import PrefixIndex
 
 __all__ = ["MAX_PIN", "NO_DECISION", "Decision", "DecisionKind", "DecisionTable"]
 
@@ -139,8 +142,9 @@ class _Service:
         canary = sv.canary
         self.canary_version = canary.version if canary else None
         self.canary_limit = round(canary.weight * 100) if canary else 0
-        self.canary_key = KeyReader(canary.key) if canary else None
-        self.canary_hash = Hasher(f"canary:{name}")
+        # Envoy's own hash (junction.extproc.envoy_hash): the native weighted route and
+        # the plain route Envoy falls back to when this service fails open agree with it.
+        self.canary_key = CanaryKey(canary.key) if canary else None
 
     def decision(self, tag: str, version: str | None, kind: DecisionKind) -> Decision:
         """The decision routing to ``version`` (None: Envoy's weights) tagged ``tag``;
@@ -244,12 +248,10 @@ class _Service:
         """Candidate or default by bucket; Envoy's weights when there is no canary."""
         if self.canary_version is None or self.canary_key is None:
             return self.decision(tag_prefix + "route", None, DecisionKind.ROUTE)
-        key = self.canary_key.read(req)
-        if key is None:
+        n = self.canary_key.bucket(req.headers, req.counters)
+        if n is None:
             req.counters.key_random += 1
             n = random.randrange(BUCKETS)
-        else:
-            n = self.canary_hash.bucket(key)
         version = self.canary_version if n < self.canary_limit else self.default
         return self.decision(f"{tag_prefix}canary={version}", version, DecisionKind.CANARY)
 
@@ -364,8 +366,9 @@ class DecisionTable:
                     plan.enabled,
                 )
             )
-        self._hosts: HostMatcher[tuple[_Route, ...]] = HostMatcher(
-            (domains[name], tuple(routes)) for name, routes in vhosts.items()
+        self._hosts: HostMatcher[PrefixIndex[_Route]] = HostMatcher(
+            (domains[name], PrefixIndex((r.prefix, r) for r in routes))
+            for name, routes in vhosts.items()
         )
         self._tags: dict[str, Decision] = {}
         #: Whether decisions read the downstream address (some pin trusts by CIDR).
@@ -390,12 +393,7 @@ class DecisionTable:
             return NO_DECISION
         routes = self._hosts.match(authority[0])
         path = path_values[0]
-        route = None
-        if routes is not None:
-            for candidate in routes:
-                if path.startswith(candidate.prefix):
-                    route = candidate
-                    break
+        route = routes.match(path) if routes is not None else None
         if route is None or not route.enabled:
             counters.not_routed += 1
             return NO_DECISION

@@ -155,7 +155,7 @@ class AlsService:
         """Register the receiver's and the canary's collectors (``states``: the stored canary
         states this process watches)."""
         pipeline, controller = self.pipeline, self.controller
-        AlsMetrics(registry, self.status, lambda: pipeline.requests)
+        AlsMetrics(registry, self.status, lambda: pipeline.decisions.by_cluster)
         CanaryMetrics(
             registry,
             states=states,

@@ -21,6 +21,7 @@ from junction.xds.translate import (
     build_route_configuration,
 )
 from junction.xds.translate_cluster import build_cluster, build_load_assignment
+from junction.xds.translate_native import unavailable_versions
 
 __all__ = ["IncrementalTranslator"]
 
@@ -34,41 +35,22 @@ class IncrementalTranslator:
         self._static: dict[str, dict[str, Resource]] = {}
         self._endpoints: dict[str, tuple[tuple[Instance, ...], Resource]] = {}
         self._snapshot: Snapshot | None = None  # the last one, for the current config
+        #: Version clusters without a usable host when the routes were built (native pin
+        #: routes depend on it: translate_native).
+        self._unavailable: frozenset[str] = frozenset()
 
     def translate(
         self, config: Config, catalog: Catalog, *, origin: str = "", config_version: str = ""
     ) -> Snapshot:
+        unavailable = unavailable_versions(config, catalog)
         if config is not self._config:
-            # A new config: rebuild what depends on it alone; endpoints too, since their
-            # port override and locality weighting come from the config.
-            names = config.cluster_names()
-            self._static = {
-                CLUSTER: {n: Resource.of(n, build_cluster(config, n)) for n in names},
-                LISTENER: {
-                    LISTENER_NAME: Resource.of(LISTENER_NAME, build_listener(config, self._options))
-                },
-                ROUTE: {
-                    ROUTE_CONFIG_NAME: Resource.of(
-                        ROUTE_CONFIG_NAME, build_route_configuration(config)
-                    )
-                },
-            }
-            self._endpoints = {}
+            self._rebuild_static(config, unavailable)
+        elif unavailable != self._unavailable:
+            # A version lost (or regained) its last usable host: re-point its pin routes.
+            self._unavailable = unavailable
+            self._static = {**self._static, ROUTE: self._routes(config, unavailable)}
             self._snapshot = None
-            self._config = config
-        endpoints: dict[str, Resource] = {}
-        changed = self._snapshot is None
-        for name in self._static[CLUSTER]:
-            instances = catalog.instances(name)
-            cached = self._endpoints.get(name)
-            if cached is None or (cached[0] is not instances and cached[0] != instances):
-                cached = (
-                    instances,
-                    Resource.of(name, build_load_assignment(config, name, instances)),
-                )
-                self._endpoints[name] = cached
-                changed = True
-            endpoints[name] = cached[1]
+        endpoints, changed = self._endpoint_resources(config, catalog)
         if self._snapshot is None:
             snapshot = Snapshot(
                 {**self._static, ENDPOINT: endpoints}, origin=origin, config_version=config_version
@@ -82,3 +64,44 @@ class IncrementalTranslator:
             )
         self._snapshot = snapshot
         return snapshot
+
+    def _rebuild_static(self, config: Config, unavailable: frozenset[str]) -> None:
+        """A new config: rebuild what depends on it alone; endpoints too, since their port
+        override and locality weighting come from the config."""
+        self._unavailable = unavailable
+        names = config.cluster_names()
+        self._static = {
+            CLUSTER: {n: Resource.of(n, build_cluster(config, n)) for n in names},
+            LISTENER: {
+                LISTENER_NAME: Resource.of(LISTENER_NAME, build_listener(config, self._options))
+            },
+            ROUTE: self._routes(config, unavailable),
+        }
+        self._endpoints = {}
+        self._snapshot = None
+        self._config = config
+
+    @staticmethod
+    def _routes(config: Config, unavailable: frozenset[str]) -> dict[str, Resource]:
+        route = build_route_configuration(config, unavailable)
+        return {ROUTE_CONFIG_NAME: Resource.of(ROUTE_CONFIG_NAME, route)}
+
+    def _endpoint_resources(
+        self, config: Config, catalog: Catalog
+    ) -> tuple[dict[str, Resource], bool]:
+        """Every cluster's load assignment, rebuilt only where its instances changed; and
+        whether any was rebuilt (or there is no previous snapshot)."""
+        endpoints: dict[str, Resource] = {}
+        changed = self._snapshot is None
+        for name in self._static[CLUSTER]:
+            instances = catalog.instances(name)
+            cached = self._endpoints.get(name)
+            if cached is None or (cached[0] is not instances and cached[0] != instances):
+                cached = (
+                    instances,
+                    Resource.of(name, build_load_assignment(config, name, instances)),
+                )
+                self._endpoints[name] = cached
+                changed = True
+            endpoints[name] = cached[1]
+        return endpoints, changed

@@ -15,8 +15,10 @@ What it produces (xDS resource names in :mod:`junction.xds.names`):
 - one RouteConfiguration ``junction_routes``: one virtual host per route block, one route
   per prefix (longest first), a single cluster or weighted clusters;
 - when the config asks for per-request decisions (``versions`` with a pin or canary,
-  ``experiments``): the ext_proc filter, header-matched version routes and the per-route
-  ext_proc switch (see :mod:`junction.xds.translate_extproc`);
+  ``experiments``): per route, either Envoy-only pin routes and the sticky canary split
+  (:mod:`junction.xds.translate_native`) or the ext_proc filter, header-matched version
+  routes and the per-route ext_proc switch (:mod:`junction.xds.translate_extproc`), as
+  :mod:`junction.extproc.tiers` chooses;
 - per cluster name, a Cluster (EDS over ADS) and its ClusterLoadAssignment
   (see :mod:`junction.xds.translate_cluster`).
 
@@ -63,7 +65,7 @@ from google.protobuf.message import Message
 
 from junction.catalog.model import Catalog
 from junction.config.model import Config, PrefixRoute, VirtualHost
-from junction.extproc.plan import RoutePlan
+from junction.extproc.tiers import SERVICE, RouteTier
 from junction.xds.names import LISTENER_NAME, ROUTE_CONFIG_NAME
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 from junction.xds.translate_cluster import (
@@ -76,8 +78,10 @@ from junction.xds.translate_extproc import (
     decision_routes,
     early_header_mutations,
     extproc_filter,
-    plans_by_route,
+    tiers_by_route,
+    uses_service,
 )
+from junction.xds.translate_native import unavailable_versions
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -136,7 +140,12 @@ def translate(
             CLUSTER: [(n, build_cluster(config, n)) for n in names],
             ENDPOINT: [(n, build_load_assignment(config, n, catalog.instances(n))) for n in names],
             LISTENER: [(LISTENER_NAME, build_listener(config, options))],
-            ROUTE: [(ROUTE_CONFIG_NAME, build_route_configuration(config))],
+            ROUTE: [
+                (
+                    ROUTE_CONFIG_NAME,
+                    build_route_configuration(config, unavailable_versions(config, catalog)),
+                )
+            ],
         },
         origin=origin,
         config_version=config_version,
@@ -193,9 +202,11 @@ def build_http_connection_manager(
 ) -> hcm_pb2.HttpConnectionManager:
     """The HCM: codec AUTO (HTTP/1.1 and HTTP/2 by ALPN/preface), routes over RDS via ADS."""
     extra = list(options.extra_http_filters)
-    decides = bool(plans_by_route(config))
-    if decides:
+    tiers = tiers_by_route(config)
+    decides = bool(tiers)
+    if uses_service(tiers):
         # The decision service's filter goes last before the router (translate_extproc).
+        # Not installed at all when Envoy makes every decision natively.
         extra.append(extproc_filter(config))
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=STAT_PREFIX,
@@ -221,14 +232,18 @@ def _http_filters(extra: Sequence[hcm_pb2.HttpFilter]) -> list[hcm_pb2.HttpFilte
 # ---- routes ----------------------------------------------------------------------------
 
 
-def build_route_configuration(config: Config) -> route_pb2.RouteConfiguration:
-    """The RDS resource: one virtual host per route block, in document order."""
+def build_route_configuration(
+    config: Config, unavailable: frozenset[str] = frozenset()
+) -> route_pb2.RouteConfiguration:
+    """The RDS resource: one virtual host per route block, in document order.
+    ``unavailable``: version clusters with no usable host (native pin routes re-point)."""
     request_timeout = config.listener.timeout.request
-    plans = plans_by_route(config)
+    tiers = tiers_by_route(config)
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
-            _virtual_host(config, vh, request_timeout, plans) for vh in config.virtual_hosts()
+            _virtual_host(config, vh, request_timeout, tiers, unavailable)
+            for vh in config.virtual_hosts()
         ],
         # Match "example.com:8000" against domain "example.com": clients put the port in
         # Host when it is not the scheme's default, and the YAML lists bare domains.
@@ -241,8 +256,10 @@ def _virtual_host(
     config: Config,
     vh: VirtualHost,
     request_timeout: float | None,
-    plans: Mapping[tuple[str, str], RoutePlan],
+    tiers: Mapping[tuple[str, str], RouteTier],
+    unavailable: frozenset[str],
 ) -> route_components_pb2.VirtualHost:
+    installed = any(t.tier == SERVICE for t in tiers.values())
     return route_components_pb2.VirtualHost(
         name=vh.name,
         domains=list(vh.domains),
@@ -250,7 +267,11 @@ def _virtual_host(
             route
             for r in vh.routes
             for route in decision_routes(
-                config, plans.get((vh.name, r.prefix)), _route(r, vh.host_rewrite, request_timeout)
+                config,
+                tiers.get((vh.name, r.prefix)),
+                _route(r, vh.host_rewrite, request_timeout),
+                unavailable,
+                filter_installed=installed,
             )
         ],
     )

@@ -2,9 +2,12 @@
 when the config has ``versions`` with pins or a canary, or ``experiments``.
 
 Pure, like the rest of translation; which routes need a decision comes from
-:func:`junction.extproc.plan.route_plans`, the view the decision service itself uses.
+:func:`junction.extproc.plan.route_plans`, the view the decision service itself uses, and
+who makes it from :mod:`junction.extproc.tiers`: ``native`` routes get Envoy-only routes
+(:mod:`junction.xds.translate_native`) and ext_proc off; what follows is for ``service``
+routes. With no ``service`` route, no ext_proc filter is installed at all.
 
-- **Header-matched routes.** In front of each planned prefix route of a versioned service,
+- **Header-matched routes.** In front of each ``service`` prefix route of a versioned service,
   one route per version cluster: the same prefix AND ``x-junction-cluster`` exactly that
   cluster, routing to it (same host rewrite and timeout). The decision service sets the
   header and asks Envoy to re-pick the route (``clear_route_cache``); the plain weighted
@@ -19,8 +22,8 @@ Pure, like the rest of translation; which routes need a decision comes from
   ``decision.failure-mode`` (closed answers 503); ``message_timeout`` from
   ``decision.timeout``. The downstream address is sent (attribute ``source.address``) only
   when a pin trusts by CIDR.
-- **Disabled where nothing is decided** (``ExtProcPerRoute.disabled``), e.g. ``/asset``:
-  those requests never wait for the service.
+- **Disabled where the service decides nothing** (``ExtProcPerRoute.disabled``), e.g.
+  ``/asset`` and ``native`` routes: those requests never wait for the service.
 - **Sticky cookies.** The service puts a freshly issued cookie in dynamic metadata; routes
   of experiments with ``sticky-cookie`` copy it into ``Set-Cookie`` on the response
   (``%DYNAMIC_METADATA(...)%``; absent metadata adds nothing). One message per request:
@@ -57,12 +60,12 @@ from junction.config.model import Config
 from junction.extproc.plan import (
     METADATA_NAMESPACE,
     SET_COOKIE_KEY,
-    RoutePlan,
-    route_plans,
     wanted_headers,
 )
+from junction.extproc.tiers import NATIVE, SERVICE, RouteTier, route_tiers
 from junction.xds.names import EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER
 from junction.xds.translate_cluster import duration
+from junction.xds.translate_native import canary_split, pin_routes, tag_plain
 
 __all__ = [
     "EXTPROC_FILTER",
@@ -70,7 +73,8 @@ __all__ = [
     "decision_routes",
     "early_header_mutations",
     "extproc_filter",
-    "plans_by_route",
+    "tiers_by_route",
+    "uses_service",
 ]
 
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
@@ -88,12 +92,18 @@ def _pack(message: Message) -> any_pb2.Any:
     return out
 
 
-def plans_by_route(config: Config) -> dict[tuple[str, str], RoutePlan]:
-    """(virtual host name, prefix) -> its plan; empty when no route needs a decision."""
-    plans = route_plans(config)
-    if not any(p.enabled for p in plans):
+def tiers_by_route(config: Config) -> dict[tuple[str, str], RouteTier]:
+    """(virtual host name, prefix) -> who decides there (:mod:`junction.extproc.tiers`);
+    empty when no route needs a decision."""
+    tiers = route_tiers(config)
+    if not any(t.plan.enabled for t in tiers):
         return {}
-    return {(p.vhost, p.prefix): p for p in plans}
+    return {(t.plan.vhost, t.plan.prefix): t for t in tiers}
+
+
+def uses_service(tiers: dict[tuple[str, str], RouteTier]) -> bool:
+    """Whether some route calls the decision service (else no ext_proc filter at all)."""
+    return any(t.tier == SERVICE for t in tiers.values())
 
 
 def extproc_filter(config: Config) -> hcm_pb2.HttpFilter:
@@ -168,21 +178,37 @@ def early_header_mutations(config: Config) -> list[extension_pb2.TypedExtensionC
 
 
 def decision_routes(
-    config: Config, plan: RoutePlan | None, plain: route_components_pb2.Route
+    config: Config,
+    tier: RouteTier | None,
+    plain: route_components_pb2.Route,
+    unavailable: frozenset[str] = frozenset(),
+    *,
+    filter_installed: bool = True,
 ) -> Iterator[route_components_pb2.Route]:
-    """The routes for one prefix route: its header-matched version routes (when planned),
-    then ``plain`` itself, with the per-route ext_proc setting and Set-Cookie copying."""
-    if plan is None:
+    """The routes for one prefix route: on a ``service`` route its header-matched version
+    routes, on a ``native`` one its pin routes (:mod:`junction.xds.translate_native`), then
+    ``plain`` itself (the canary split when there is a canary), with the per-route ext_proc
+    setting (only when ``filter_installed``) and Set-Cookie copying. ``unavailable``:
+    version clusters with no usable host."""
+    if tier is None:
         yield plain
         return
+    plan = tier.plan
+    if tier.hash_canary and plan.service is not None:
+        canary_split(config, plan.service, plain, tagged=tier.tier == NATIVE)
+    elif tier.tier == NATIVE and plan.service is not None:
+        tag_plain(config, plan.service, plain)
     sets_cookie = any(config.experiments[e].sticky_cookie is not None for e in plan.experiments)
     versioned: list[route_components_pb2.Route] = []
-    if plan.enabled and plan.service is not None:
+    if tier.native_pin and plan.service is not None:
+        versioned.extend(pin_routes(config, plan.service, plain, unavailable))
+    if tier.tier == SERVICE and plan.service is not None:
         for cluster in sorted(config.versions[plan.service].clusters.values()):
             route = route_components_pb2.Route()
             route.CopyFrom(plain)
             route.name = f"{plain.name}@{cluster}"
             route.route.ClearField("weighted_clusters")
+            route.route.ClearField("hash_policy")
             route.route.cluster = cluster
             route.match.headers.append(
                 route_components_pb2.HeaderMatcher(
@@ -192,10 +218,11 @@ def decision_routes(
             )
             versioned.append(route)
     for route in (*versioned, plain):
-        if not plan.enabled:
-            route.typed_per_filter_config[EXTPROC_FILTER].CopyFrom(
-                _pack(ext_proc_pb2.ExtProcPerRoute(disabled=True))
-            )
+        if tier.tier != SERVICE:
+            if filter_installed:
+                route.typed_per_filter_config[EXTPROC_FILTER].CopyFrom(
+                    _pack(ext_proc_pb2.ExtProcPerRoute(disabled=True))
+                )
         elif sets_cookie:
             route.response_headers_to_add.append(
                 base_pb2.HeaderValueOption(

@@ -1,6 +1,9 @@
-"""The decision service through a real Envoy, over both transports (gRPC and http_service).
+"""The decision service through a real Envoy, over both transports (gRPC and http_service),
+and the decisions Envoy makes natively (junction.extproc.tiers) on the same stack.
 
-One stack per transport (module scope: upstreams, ``junction up`` with its Envoy and a
+``/api`` (pins with ``trust: any`` and the canary) is decided natively unless the test
+sets ``decision.force-service``; ``/api/feed`` (an experiment) always by the service.
+Tests about pins run over both paths. One stack per transport (module scope: upstreams, ``junction up`` with its Envoy and a
 two-worker decision service); each test writes the config it needs and waits until both
 Envoy and every decision worker run it. Assertions are about where requests land, what
 the upstream saw and what the service counted; none is about time.
@@ -23,9 +26,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import xxhash
 from harness import Junction, Tally, drive, free_port, junction_up, upstreams
 
 from junction.extproc.pins import sign_pin
+from junction.extproc.worker import PUBLISH_INTERVAL
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,15 +43,15 @@ listener:
 route:
   domain: ["example.com"]
   cluster:
-    web-api-perl: {{prefix: ["/api"], weight: 90}}
-    web-api-go:   {{prefix: ["/api"], weight: 10}}
+    web-api-perl: {{prefix: ["/api", "/api/feed"], weight: 90}}
+    web-api-go:   {{prefix: ["/api", "/api/feed"], weight: 10}}
     web-asset:    {{prefix: ["/asset"], weight: 100}}
 versions:
   web-api:
     default: perl
     clusters: {{perl: web-api-perl, go: web-api-go}}
     pin: {pin}
-    canary: {{version: go, weight: 0, key: {{header: x-user-id}}}}
+    canary: {{version: go, weight: {canary}, key: {{header: x-user-id}}}}
 experiments:
   feed:
     service: web-api
@@ -55,7 +60,11 @@ experiments:
     salt: feed-test
     sticky-cookie: {{name: jx-feed, max-age: 600}}
     arms: {{control: {{weight: 50}}, treatment: {{weight: 50, version: go}}}}
-decision: {{transport: {transport}, failure-mode: {failure}, timeout: {timeout}}}
+decision:
+  transport: {transport}
+  failure-mode: {failure}
+  timeout: {timeout}
+  force-service: {force}
 """
 
 TRUST_ANY = "{trust: any}"
@@ -80,7 +89,14 @@ class Stack:
     session: aiohttp.ClientSession
     current: str = ""
 
-    def render(self, pin: str = TRUST_ANY, failure: str = "open", timeout: float = 2.0) -> str:
+    def render(
+        self,
+        pin: str = TRUST_ANY,
+        failure: str = "open",
+        timeout: float = 2.0,
+        force: bool = False,
+        canary: float = 0,
+    ) -> str:
         # A generous message timeout: on 2 shared cores a slow worker must not fail open a
         # pin test; the slow-service test shortens it.
         return CONFIG.format(
@@ -89,6 +105,8 @@ class Stack:
             pin=pin,
             failure=failure,
             timeout=timeout,
+            force="true" if force else "false",
+            canary=canary,
         )
 
     async def stats(self) -> dict[str, Any]:
@@ -239,8 +257,12 @@ async def stack(
             await stack.session.close()
 
 
-async def test_every_pinned_request_lands_on_its_version(stack: Stack) -> None:
-    await stack.apply(stack.render())
+PATHS = pytest.mark.parametrize("force", [False, True], ids=["native", "service"])
+
+
+@PATHS
+async def test_every_pinned_request_lands_on_its_version(stack: Stack, force: bool) -> None:
+    await stack.apply(stack.render(force=force))
     for version, service in (("go", "web-api-go"), ("perl", "web-api-perl")):
         answers = await stack.decided(1000, x_junction_version=version)
         assert {a.service for a in answers} == {service}
@@ -252,8 +274,11 @@ async def test_every_pinned_request_lands_on_its_version(stack: Stack) -> None:
     assert {a.decision for a in unpinned} == {"canary=perl"}
 
 
-async def test_a_client_cannot_route_itself_with_the_cluster_header(stack: Stack) -> None:
-    await stack.apply(stack.render())
+@PATHS
+async def test_a_client_cannot_route_itself_with_the_cluster_header(
+    stack: Stack, force: bool
+) -> None:
+    await stack.apply(stack.render(force=force))
     answers = await stack.many(200, x_junction_cluster="web-api-go")
     assert Counter(a.service for a in answers) == {"web-api-perl": 200}
     assets = await stack.many(
@@ -350,7 +375,7 @@ async def kill_workers(stack: Stack) -> list[int]:
 
 
 async def test_fail_open_under_a_killed_service(stack: Stack) -> None:
-    await stack.apply(stack.render())
+    await stack.apply(stack.render(force=True))
     stop = asyncio.Event()
     tally = Tally()
     decisions: Counter[str] = Counter()
@@ -394,11 +419,11 @@ async def test_fail_open_under_a_killed_service(stack: Stack) -> None:
 
 
 async def test_fail_closed_answers_503_while_the_service_is_down(stack: Stack) -> None:
-    await stack.apply(stack.render(failure="closed"))
+    await stack.apply(stack.render(failure="closed", force=True))
     assert (await stack.get(x_junction_version="go")).service == "web-api-go"
     # A stopped (not dead) service: every call times out, and fails closed.
     pids = [w["pid"] for w in (await stack.stats())["workers"]]
-    await stack.apply(stack.render(failure="closed", timeout=0.3))
+    await stack.apply(stack.render(failure="closed", timeout=0.3, force=True))
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -484,3 +509,123 @@ async def test_hostile_requests_get_no_pin_and_a_counter(
     assert after["counters"]["decided_pin"] == before["counters"]["decided_pin"]
     assert [w["restarts"] for w in after["workers"]] == [w["restarts"] for w in before["workers"]]
     assert after["counters"]["internal_error"] == 0
+
+
+def canary_side(key: str, weight: float) -> str:
+    """Where Envoy's hash policy (and so the service) sends ``key`` (envoy_hash)."""
+    return (
+        "web-api-go"
+        if xxhash.xxh64_intdigest(key.encode()) % 10000 < weight * 100
+        else ("web-api-perl")
+    )
+
+
+async def settled_counters(stack: Stack) -> dict[str, int]:
+    """The service's counters once every worker has published its last decisions (workers
+    publish every PUBLISH_INTERVAL): equal across two reads that far apart."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    last = (await stack.stats())["counters"]
+    while True:
+        await asyncio.sleep(2 * PUBLISH_INTERVAL)
+        now = (await stack.stats())["counters"]
+        if now == last:
+            return dict(now)
+        assert loop.time() < deadline, "the service's counters never settled"
+        last = now
+
+
+@PATHS
+async def test_canary_keys_land_on_the_side_envoys_hash_gives(stack: Stack, force: bool) -> None:
+    await stack.apply(stack.render(canary=30, force=force))
+    answers = await stack.many(400, x_user_id=lambda i: f"key-{i}")
+    for i, a in enumerate(answers):
+        assert a.service == canary_side(f"key-{i}", 30), (i, a)
+        assert (a.decision, a.version) == (f"canary={a.service[8:]}", a.service[8:])
+    # Raising the weight only adds users: everyone on go at 30 % stays there at 60 %.
+    await stack.apply(stack.render(canary=60, force=force))
+    higher = await stack.many(400, x_user_id=lambda i: f"key-{i}")
+    on_go = {i for i, a in enumerate(answers) if a.service == "web-api-go"}
+    on_go_higher = {i for i, a in enumerate(higher) if a.service == "web-api-go"}
+    assert on_go < on_go_higher
+
+
+async def test_mixed_config_native_canary_and_an_experiment_through_the_service(
+    stack: Stack,
+) -> None:
+    await stack.apply(stack.render(canary=30))
+    before = await settled_counters(stack)
+    keyed = await stack.many(400, x_user_id=lambda i: f"mixed-{i}")
+    pinned = await stack.many(100, x_junction_version="go")
+    for i, a in enumerate(keyed):  # the native canary: Envoy's hash, tagged like the service
+        assert a.service == canary_side(f"mixed-{i}", 30), (i, a)
+        assert a.decision == f"canary={a.service.removeprefix('web-api-')}"
+        assert a.version == a.service.removeprefix("web-api-")
+    assert {(a.service, a.decision, a.version) for a in pinned} == {("web-api-go", "pin=go", "go")}
+    # None of those reached the service; the experiment's route still does.
+    assert (await settled_counters(stack))["requests"] == before["requests"]
+    feed = await stack.many(400, "/api/feed", x_user_id=lambda i: f"mixed-{i}")
+    arms = Counter(a.decision for a in feed)
+    assert set(arms) == {
+        "exp=feed:control,canary=go",
+        "exp=feed:control,canary=perl",
+        "exp=feed:treatment",
+    }, arms
+    for i, a in enumerate(feed):
+        if a.decision == "exp=feed:treatment":
+            assert a.service == "web-api-go"
+        else:  # control only tags: the service's canary decides, with Envoy's hash
+            assert a.service == canary_side(f"mixed-{i}", 30), (i, a)
+    await stack.until(
+        lambda s: s["counters"]["requests"] >= before["requests"] + 400, "feed decisions counted"
+    )
+
+
+async def test_canary_users_stay_sticky_while_the_service_fails_open(stack: Stack) -> None:
+    # Every decision through the service; its plain route is the same hash split, so when
+    # the service cannot answer (stopped: every call times out) users keep their side.
+    await stack.apply(stack.render(force=True, canary=30, timeout=0.3))
+    served = await stack.many(300, x_user_id=lambda i: f"sticky-{i}")
+    assert {a.decision for a in served} == {"canary=go", "canary=perl"}
+    pids = [w["pid"] for w in (await stack.stats())["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        failed_open = await stack.many(300, concurrency=32, x_user_id=lambda i: f"sticky-{i}")
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert {a.decision for a in failed_open} == {""}  # Envoy decided: no tag
+    assert [a.service for a in failed_open] == [a.service for a in served]
+    assert {a.status for a in failed_open} == {200}
+    # Until the service decides again (the supervisor may have replaced stopped workers,
+    # and Envoy's gRPC stream reconnects), so the next test starts from a serving stack.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (await stack.get(x_user_id="sticky-0")).decision == "":
+        assert loop.time() < deadline, stack.junction.log()
+        await asyncio.sleep(0.1)
+    await stack.apply(stack.render())
+
+
+async def test_native_decisions_are_counted_from_the_access_log(stack: Stack) -> None:
+    await stack.apply(stack.render())
+
+    async def by_tag() -> dict[str, int]:
+        url = f"http://127.0.0.1:{stack.junction.http_port}/als"
+        async with stack.session.get(url) as resp:
+            data: dict[str, Any] = await resp.json()
+        return dict(data["receiver"]["decisions"]["by_tag"])
+
+    before = await by_tag()
+    await stack.many(150, x_junction_version="go")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (await by_tag()).get("pin=go", 0) < before.get("pin=go", 0) + 150:
+        assert loop.time() < deadline, await by_tag()
+        await asyncio.sleep(0.1)
+    status = await stack.junction.status()
+    api = [d for d in status["decisions"] if d["prefix"] == "/api"]
+    assert [(d["tier"], d["native"]) for d in api] == [("native", ["pin", "canary"])]
+    feed = [d for d in status["decisions"] if d["prefix"] == "/api/feed"]
+    assert [(d["tier"], d["reasons"]) for d in feed] == [("service", ["experiment feed"])]

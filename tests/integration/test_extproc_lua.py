@@ -37,6 +37,9 @@ versions:
     default: perl
     clusters: {{perl: web-api-perl, go: web-api-go}}
     pin: {{trust: any}}
+# The service's wiring (ext_proc filter, x-junction-cluster routes) for pin.lua to stand in
+# for: without this, Envoy matches a trust-any pin natively (junction.extproc.tiers).
+decision: {{force-service: true}}
 """
 
 

@@ -72,9 +72,10 @@ def test_rollback_keeps_the_candidate_listed_at_zero() -> None:
     assert weights(out)[0] == {"web-api-perl": 100, "web-api-go": 0, "web-asset": 100}
     routes = build_route_configuration(out).virtual_hosts[0].routes
     api = next(r for r in routes if r.name == "/api")
+    # The canary's native split (translate_native): candidate first, in 10000ths.
     assert [(w.name, w.weight.value) for w in api.route.weighted_clusters.clusters] == [
         ("web-api-go", 0),
-        ("web-api-perl", 100),
+        ("web-api-perl", 10000),
     ]
 
 

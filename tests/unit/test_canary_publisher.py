@@ -41,6 +41,7 @@ class RecordingCache:
 
 
 def api_weights(snapshot: Snapshot) -> dict[str, int]:
+    """The /api route's split: the canary's native one, in 10000ths (translate_native)."""
     [resource] = snapshot.resources[ROUTE].values()
     rc = route_pb2.RouteConfiguration.FromString(resource.payload)
     for vh in rc.virtual_hosts:
@@ -59,13 +60,13 @@ async def test_route_weights_follow_the_canary_states() -> None:
         publisher.instances("web-api-perl", [Instance("127.0.0.1", 1)])
         publisher.instances("web-api-go", [Instance("127.0.0.1", 2)])
         await eventually(lambda: len(cache.snapshots) == 1)
-        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 10, "web-api-perl": 90}
+        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 1000, "web-api-perl": 9000}
 
         config = load_config(CONFIG, "c.yaml")
         state = initial_state(policies(config)["web-api"], 0.0)
         publisher.canary_states("file:x", {"web-api": replace(state, weight=50)})
         await eventually(lambda: len(cache.snapshots) == 2)
-        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 50, "web-api-perl": 50}
+        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 5000, "web-api-perl": 5000}
 
         # Only the events changed: the same weights, so nothing is published.
         publisher.canary_states("file:x", {"web-api": replace(state, weight=50, reason="x")})
@@ -75,11 +76,11 @@ async def test_route_weights_follow_the_canary_states() -> None:
         rolled_back = replace(state, weight=0, phase=Phase.ROLLED_BACK)
         publisher.canary_states("file:x", {"web-api": rolled_back})
         await eventually(lambda: len(cache.snapshots) == 3)
-        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 0, "web-api-perl": 100}
+        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 0, "web-api-perl": 10000}
 
         publisher.canary_states("file:x", {})  # the state was deleted: the config's weights
         await eventually(lambda: len(cache.snapshots) == 4)
-        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 10, "web-api-perl": 90}
+        assert api_weights(cache.snapshots[-1]) == {"web-api-go": 1000, "web-api-perl": 9000}
         assert (
             publisher.config is not None
             and publisher.config.route.cluster["web-api-go"].weight == 10

@@ -42,7 +42,12 @@ def test_validate_unreadable_file(capsys: pytest.CaptureFixture[str]) -> None:
 def test_render_prints_the_four_resource_lists(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "-c", str(SEED), "--instances", str(INSTANCES)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"listeners", "routes", "clusters", "endpoints"}
+    # The four resource lists, and who decides per route (junction.extproc.tiers).
+    assert set(out) == {"listeners", "routes", "clusters", "endpoints", "decisions"}
+    assert [(d["prefix"], d["tier"]) for d in out["decisions"]] == [
+        ("/asset", "off"),
+        ("/api", "native"),
+    ]
     assert [c["name"] for c in out["clusters"]] == ["web-api-go", "web-api-perl", "web-asset"]
     assert out["listeners"][0]["address"]["socketAddress"]["portValue"] == 8000
     perl = next(e for e in out["endpoints"] if e["clusterName"] == "web-api-perl")

@@ -48,6 +48,7 @@ versions:
     clusters: {perl: web-api-perl, go: web-api-go}
     pin: {trust: any}
 """
+FORCED = "decision: {force-service: true}\n"
 
 
 def snap(text: str) -> Snapshot:
@@ -92,7 +93,7 @@ def test_no_decisions_no_wiring() -> None:
 
 
 def test_header_routes_come_before_the_plain_route_of_each_versioned_prefix() -> None:
-    s = snap(BASE + VERSIONS)
+    s = snap(BASE + VERSIONS + FORCED)
     got = [
         (
             r.name,
@@ -129,7 +130,7 @@ def test_the_client_cannot_set_the_routing_header() -> None:
 
 
 def test_http_transport_defaults() -> None:
-    s = snap(BASE + VERSIONS)
+    s = snap(BASE + VERSIONS + FORCED)
     assert [f.name for f in hcm(s).http_filters] == [EXTPROC_FILTER, ROUTER_FILTER]
     ext = ext_proc(s)
     assert ext.http_service.http_service.http_uri.cluster == EXTPROC_HTTP_CLUSTER

@@ -177,7 +177,7 @@ def test_access_log_families_follow_the_receiver_counters() -> None:
         },
         "envoy": {"logs_dropped_seen": 6, "logs_written": 20},
     }  # fmt: skip
-    requests = {("web-go", "split", False): 7, ("web-go", "pin", True): 2}
+    requests = {("web-go", "split", False): 7, ("web-go", "pin", True): 2}  # DecisionCounts.by_cluster
     AlsMetrics(registry, lambda: status, lambda: requests)
     s = scrape(registry)
     assert value(s, "junction_als_entries_received_total") == 10

@@ -179,8 +179,16 @@ def test_listener_address_and_rds_over_ads() -> None:
     assert hcm.rds.route_config_name == ROUTE_CONFIG_NAME
     assert hcm.rds.config_source.HasField("ads")
     assert hcm.rds.config_source.resource_api_version == 2  # V3
-    # The seed's web-api versions add the decision service's filter (translate_extproc).
-    assert [f.name for f in hcm.http_filters] == [EXTPROC_FILTER, ROUTER_FILTER]
+    # The seed's pin (trust: any) and canary are decided by Envoy itself
+    # (translate_native): no decision service filter at all.
+    assert [f.name for f in hcm.http_filters] == [ROUTER_FILTER]
+    with_service = seed().model_copy(
+        update={"decision": seed().decision.model_copy(update={"force_service": True})}
+    )
+    assert [f.name for f in the_hcm(translate(with_service, Catalog())).http_filters] == [
+        EXTPROC_FILTER,
+        ROUTER_FILTER,
+    ]
 
 
 def test_extra_filters_go_before_the_router_and_access_logs_are_kept() -> None:
@@ -195,7 +203,6 @@ def test_extra_filters_go_before_the_router_and_access_logs_are_kept() -> None:
     assert [f.name for f in hcm.http_filters] == [
         "envoy.filters.http.lua",
         "second",
-        EXTPROC_FILTER,
         ROUTER_FILTER,
     ]
     assert [a.name for a in hcm.access_log] == ["envoy.access_loggers.http_grpc"]
@@ -212,9 +219,11 @@ def test_shared_prefix_becomes_weighted_clusters_with_relative_weights() -> None
     routes = {r.match.prefix: r.route for r in all_routes(translate(seed(), Catalog()))}
     api = routes["/api"]
     assert api.WhichOneof("cluster_specifier") == "weighted_clusters"
+    # The seed's /api has a canary: its split is the canary's, in 10000ths, candidate first
+    # (translate_native); the YAML's 90/10 is the same split.
     assert [(c.name, c.weight.value) for c in api.weighted_clusters.clusters] == [
-        ("web-api-go", 10),
-        ("web-api-perl", 90),
+        ("web-api-go", 1000),
+        ("web-api-perl", 9000),
     ]
     assert not api.weighted_clusters.HasField("total_weight")  # deprecated; Envoy sums
     asset = routes["/asset"]
