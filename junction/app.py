@@ -69,6 +69,8 @@ class Settings:
     #: The decision service beside the Envoy of ``junction up`` (None: not run).
     extproc: SidecarSettings | None = None
     node_id: str = ""
+    #: ``serve --node-id``: the Envoys judged by /healthz (``up``: its own Envoy).
+    health_nodes: tuple[str, ...] = ()
     zone: str = ""
     region: str = ""
     #: The ALS receiver and canary controller in this process (None: not run here).
@@ -147,6 +149,7 @@ class ControlPlane:
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
+        self.node_id = settings.node_id or f"junction-{socket.gethostname()}"
         self.status = StatusServer(
             self.publisher,
             self.cache,
@@ -154,6 +157,7 @@ class ControlPlane:
             envoy_admin=self._envoy_admin,
             sections=sections,
             routes=routes,
+            health_nodes=(self.node_id,) if settings.run_envoy else settings.health_nodes,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc = None
@@ -187,7 +191,7 @@ class ControlPlane:
         )  # fmt: skip
         if s.run_envoy:
             opts = BootstrapOptions(
-                node_id=s.node_id or f"junction-{socket.gethostname()}",
+                node_id=self.node_id,
                 zone=s.zone,
                 region=s.region,
                 xds_host=s.host,

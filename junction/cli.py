@@ -97,7 +97,18 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--http-port", type=_port, default=8081, help="/healthz and /status")
         s.add_argument("--xds-port", type=_port, default=18000)
         s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
-        s.add_argument("--node-id", default="", help="Envoy node id (up)")
+        if name == "up":
+            s.add_argument("--node-id", default="", help="the Envoy's node id")
+        else:
+            s.add_argument(
+                "--node-id",
+                action="append",
+                default=[],
+                dest="health_nodes",
+                metavar="ID",
+                help="an Envoy this control plane answers for in /healthz (repeatable; "
+                "default: every connected Envoy); other xDS clients show in /status only",
+            )
         s.add_argument("--zone", default="")
         s.add_argument("--region", default="")
         if name == "up":
@@ -178,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
         maintenance_file=args.maintenance_file,
         delta=args.delta if up else False,
         extproc=extproc_cli.sidecar_settings(args) if up else None,
-        node_id=args.node_id,
+        node_id=args.node_id if up else "",
+        health_nodes=() if up else tuple(args.health_nodes),
         zone=args.zone,
         region=args.region,
         **als_cli.run_settings(args, up=up),

@@ -3,10 +3,11 @@
 ``/healthz`` answers, in this order (SPEC.md section 3):
 
 - 599 ``MAINTENANCE`` while the maintenance file exists;
-- 503 when there is no good config yet, when no Envoy is connected, when a connected Envoy
-  has not ACKed the latest snapshot or NACKed it, or when a configured cluster has no
-  healthy host according to Envoy's admin API (the catalog's view when no admin address is
-  known);
+- 503 when there is no good config yet, when a managed Envoy (``--node-id``; ``up``: its own
+  Envoy; none given: every connected Envoy, at least one) is not connected, has not ACKed
+  the latest snapshot or NACKed it (other xDS clients never count here), or when a
+  configured cluster has no healthy host according to Envoy's admin API (the catalog's
+  view when no admin address is known);
 - 200 ``OK`` otherwise.
 
 The body of a non-200 answer says why, one reason a line, so an operator reading the load
@@ -66,8 +67,13 @@ class StatusServer:
         envoy_admin: Callable[[], str | None] | None = None,
         sections: Mapping[str, Callable[[], Any]] | None = None,
         routes: Sequence[Callable[[web.Application], None]] = (),
+        health_nodes: Sequence[str] = (),
     ) -> None:
+        """``health_nodes``: the node ids of the Envoys this control plane answers for;
+        only they count in /healthz (other xDS clients appear in /status only). Empty:
+        every connected node counts."""
         self._publisher = publisher
+        self.health_nodes = tuple(sorted(set(health_nodes)))
         self._cache = cache
         self._maintenance_file = maintenance_file
         self._envoy_admin = envoy_admin or (lambda: None)
@@ -85,7 +91,7 @@ class StatusServer:
         snapshot = self._publisher.snapshot
         if snapshot is None:
             return Verdict(503, ("no good config published yet",))
-        reasons.extend(self._cache.health_problems(snapshot.version))
+        reasons.extend(self._cache.health_problems(snapshot.version, self.health_nodes))
         config = self._publisher.config
         if config is not None:
             healthy = await self._healthy_hosts()
@@ -118,6 +124,7 @@ class StatusServer:
         body = {
             **self._publisher.status(),
             "nodes": self._cache.node_status(),
+            "health_nodes": list(self.health_nodes) or "every connected node",
             "healthz": {"status": verdict.status, "reasons": list(verdict.reasons)},
             "maintenance_file": self._maintenance_file,
             "envoy_admin": self._envoy_admin(),

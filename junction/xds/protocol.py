@@ -250,6 +250,9 @@ class StreamCore(ABC, Generic[Q, R]):
         self._prefix = _default_prefix() if nonce_prefix is None else nonce_prefix
         self._nonces = itertools.count(1)
         self._claimed: set[str] = set()
+        #: This stream's own type state per type, kept while a newer stream holds the
+        #: type, so the type can come back here when that stream closes (_reclaim).
+        self._mine: dict[str, StreamTypeState] = {}
         self._closed = False
 
     @property
@@ -273,8 +276,15 @@ class StreamCore(ABC, Generic[Q, R]):
             return Output()
         self._closed = True
         for t in self._claimed:
+            ts = self.node.types[t]
+            if self.id in ts.claimants:
+                ts.claimants.remove(self.id)
             if self._owned(t) is not None:
-                self.node.types[t].stream = None
+                # A closed stream's answers no longer count (its NACK, the versions it
+                # refused): an older stream of the node that is still open takes the type
+                # back (_reclaim) and is judged on its own answers.
+                ts.stream = None
+                ts.drop_answers()
         self.registry.detach(self.node, self.id)
         return Output((), (Disconnected(self.node.node_id, self.kind),))
 
@@ -326,7 +336,35 @@ class StreamCore(ABC, Generic[Q, R]):
         """This stream now serves ``ts``'s type for the node (a fresh subscription)."""
         ts.stream = st = StreamTypeState(owner=self.id)
         self._claimed.add(ts.type_url)
+        self._mine[ts.type_url] = st
+        if self.id in ts.claimants:
+            ts.claimants.remove(self.id)
+        ts.claimants.append(self.id)
         return st
+
+    def _reclaim(self, type_url: str) -> StreamTypeState | None:
+        """Take ``type_url`` back if the newer stream that took it has closed and this is
+        now the newest open stream of the node that subscribed to it.
+
+        What the node holds is then unknown (the other stream's ACKs may have been another
+        process's, e.g. a copied bootstrap or an overlapping reconnect), so it is sent the
+        whole target again under a fresh nonce; its answer to that decides its state.
+        """
+        assert self.node is not None
+        ts = self.node.types[type_url]
+        mine = self._mine.get(type_url)
+        if mine is None or ts.stream is not None or ts.claimants[-1:] != [self.id]:
+            return None
+        mine.awaiting, mine.inflight, mine.nonce, mine.restore = False, None, "", None
+        ts.stream = mine
+        ts.pending.clear()
+        ts.set_acked({}, {})
+        ts.acked_version = ""
+        self._resend_all(mine)
+        return mine
+
+    def _resend_all(self, st: StreamTypeState) -> None:
+        """Forget what was sent on ``st`` so the next response carries everything."""
 
     def _lost(self, type_url: str) -> bool:
         """True if this stream served the type once but a newer stream took it."""
@@ -345,7 +383,7 @@ class StreamCore(ABC, Generic[Q, R]):
         out: list[R] = []
         view: View | None = None
         for t in self._types():
-            st = self._owned(t)
+            st = self._owned(t) or self._reclaim(t)
             if st is None:
                 continue
             ts = node.types[t]

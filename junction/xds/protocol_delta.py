@@ -271,6 +271,12 @@ class DeltaStream(
         )
         return _response(ts.type_url, inflight)
 
+    def _resend_all(self, st: StreamTypeState) -> None:
+        # Every name the node may hold stays known (so what left the target is removed),
+        # but none of their versions: each is sent again.
+        st.client = dict.fromkeys(st.client, "")
+        st.target_versions = None
+
     def _apply_ack(self, ts: TypeState, inflight: Inflight) -> None:
         # Delta: the response changed only what it named.
         for name, resource in inflight.resources.items():

@@ -299,6 +299,16 @@ class TypeState:
     snapshot_version: str = ""
     waiting: frozenset[str] = frozenset()
     stream: StreamTypeState | None = None
+    #: Ids of the open streams of the node that subscribed to this type, oldest first:
+    #: the last one serves it (``stream``); when it closes, the one before takes over.
+    claimants: list[int] = field(default_factory=list)
+
+    def drop_answers(self) -> None:
+        """Forget the ACK/NACK verdicts of the stream that served this type (it closed)."""
+        self.nack = None
+        self.poisoned_versions.clear()
+        self.poisoned_resources.clear()
+        self.poisoned_removals.clear()
 
     def holding(self) -> Holding:
         """What the node holds of this type, as read-only views of this state: valid until
@@ -345,11 +355,15 @@ class TypeState:
 
     def status(self, latest: str | None) -> TypeStatus:
         st = self.stream
-        subscribed = st is not None and st.sub.active
+        # No stream serves the type but an older open one will take it back: not in sync
+        # until that stream's Envoy ACKs.
+        handing_over = st is None and bool(self.claimants)
+        subscribed = (st is not None and st.sub.active) or handing_over
         awaiting = st is not None and st.awaiting
         last = self.last_sent
         in_sync = not subscribed or (
-            latest is not None
+            not handing_over
+            and latest is not None
             and self.snapshot_version == latest
             and not awaiting
             and not self.waiting

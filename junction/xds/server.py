@@ -253,7 +253,10 @@ class XdsServicer:
         changed = False
         for event in out.events:
             _log_event(node, core, event, peer)
-            changed = changed or isinstance(event, (Ack, Nack, Sent, Subscribed, Unsubscribed))
+            # Disconnected too: an older stream of the node may take this one's types back.
+            changed = changed or isinstance(
+                event, (Ack, Nack, Sent, Subscribed, Unsubscribed, Disconnected)
+            )
         if changed and core.node_id is not None:
             self.cache.notify_node(core.node_id, watch)
 
