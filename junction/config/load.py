@@ -62,10 +62,13 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         return ("route", i, *rest) if many else ("route", *rest)
 
     known = set(config.cluster_names())
+    declared = sorted(set(config.cluster.loadbalancer) | set(config.endpoint.eds))
     for i, block in enumerate(config.route_blocks()):
         for name in block.cluster:
             if name in RESERVED_CLUSTERS:
                 out.append((route_path(i, "cluster", name), "is reserved for Junction's own use"))
+            elif name not in declared:
+                out.append((route_path(i, "cluster", name), _undeclared(name, declared)))
     for name in config.cluster.loadbalancer:
         if name in RESERVED_CLUSTERS:
             out.append((("cluster", "loadbalancer", name), "is reserved for Junction's own use"))
@@ -96,6 +99,19 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 )
     out.extend(cross_check_decisions(config))
     return out
+
+
+def _undeclared(name: str, declared: Sequence[str]) -> str:
+    """A route names a cluster no section declares: most likely a typo, which must not
+    send that route's share to an empty cluster (SPEC.md: a typo must not change
+    production routing). ``{}`` declares a cluster that wants every default."""
+    close = difflib.get_close_matches(name, declared, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"cluster {name!r} is declared neither under cluster.loadbalancer nor under "
+        f"endpoint.eds; {hint}(declare it, e.g. 'cluster.loadbalancer.{name}: {{}}' "
+        "for the defaults)"
+    )
 
 
 # ---- pydantic errors -> problems -----------------------------------------------------
