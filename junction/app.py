@@ -26,6 +26,7 @@ from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import make_store
 from junction.catalog.file import FileCatalog, FileConfig
+from junction.catalog.offloop import OffLoopConfig
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
 from junction.envoy_process import EnvoyProcess
@@ -96,13 +97,17 @@ class Settings:
             raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
 
     def config_source(self) -> ConfigSource:
+        """The config document's source; every text it reports is parsed and validated in
+        a worker thread, never on the loop that serves xDS and /healthz."""
         if self.consul_key:
             from junction.catalog.consul import ConsulConfig
 
             assert self.consul_addr
-            return ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
+            return OffLoopConfig(
+                ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
+            )
         assert self.config_path
-        return FileConfig(self.config_path)
+        return OffLoopConfig(FileConfig(self.config_path))
 
     def catalog_source(self) -> CatalogSource:
         if self.instances_path:

@@ -154,13 +154,14 @@ def _als(args: argparse.Namespace) -> int:
     from junction.canary.store import make_store
     from junction.catalog.consul import ConsulConfig
     from junction.catalog.file import FileConfig
+    from junction.catalog.offloop import OffLoopConfig
     from junction.catalog.source import ConfigSource
 
     if bool(args.consul_key) == bool(args.config):
         raise JunctionError("give -c CONFIG or --consul-addr with --consul-key (not both)")
     if args.consul_key and not args.consul_addr:
         raise JunctionError("--consul-key needs --consul-addr")
-    source: ConfigSource = (
+    source: ConfigSource = OffLoopConfig(  # parsed off the loop that receives the logs
         ConsulConfig(args.consul_addr, args.consul_key)
         if args.consul_key
         else FileConfig(args.config)
