@@ -20,6 +20,7 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from junction.admin import ExposureError, exposure_problems
 from junction.als.logger import AccessLogOptions, with_access_log
 from junction.als.service import AlsService, AlsSettings
 from junction.canary.api import CanaryApi
@@ -60,6 +61,14 @@ class Settings:
     consul_wait: str = "30s"
     host: str = "127.0.0.1"
     http_port: int = 8081
+    #: Where the admin API (/status, /canary, commands) listens: loopback by default.
+    admin_host: str = "127.0.0.1"
+    #: The load balancer's health-only listener, ``(host, port)`` (None: not opened).
+    health_addr: tuple[str, int] | None = None
+    #: ``JUNCTION_ADMIN_TOKEN``: mutating admin calls need it (None: no token).
+    admin_token: str | None = None
+    #: Listen beyond loopback for Envoy (xDS, access logs) without TLS, knowingly.
+    insecure: bool = False
     xds_port: int = 18000
     run_envoy: bool = False
     envoy_admin_port: int = 9901
@@ -95,6 +104,15 @@ class Settings:
             )
         if self.run_envoy and self.access_log and self.als is None and not self.als_port:
             raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
+        problems = exposure_problems(
+            admin_host=self.admin_host,
+            token=self.admin_token,
+            envoy_host=self.host,
+            tls=False,
+            insecure=self.insecure,
+        )
+        if problems:
+            raise ExposureError("refusing to start:\n  " + "\n  ".join(problems))
 
     def config_source(self) -> ConfigSource:
         """The config document's source; every text it reports is parsed and validated in
@@ -163,6 +181,7 @@ class ControlPlane:
             sections=sections,
             routes=routes,
             health_nodes=(self.node_id,) if settings.run_envoy else settings.health_nodes,
+            admin_token=settings.admin_token,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc = None
@@ -180,7 +199,9 @@ class ControlPlane:
     async def start(self) -> None:
         s = self.settings
         self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
-        await self.status.start(s.host, s.http_port)
+        await self.status.start(s.admin_host, s.http_port)
+        if s.health_addr is not None:
+            await self.status.start_health(*s.health_addr)
         if self.als is not None:
             await self.als.start()
         for coro in (
@@ -191,8 +212,10 @@ class ControlPlane:
         ):
             self._tasks.append(asyncio.create_task(coro))
         log.info(
-            "control plane up: xDS on %s:%d, status on http://%s:%d",
-            s.host, self.xds_port, s.host, self.status.port,
+            "control plane up: xDS on %s:%d, admin API on http://%s:%d%s",
+            s.host, self.xds_port, s.admin_host, self.status.port,
+            f", /healthz on {s.health_addr[0]}:{self.status.health_port}"
+            if s.health_addr else "",
         )  # fmt: skip
         if s.run_envoy:
             opts = BootstrapOptions(

@@ -14,7 +14,8 @@
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).
 Exit codes: 0 success, 1 invalid input (errors on stderr, each naming what is wrong),
-2 bad usage.
+2 bad usage, or a surface that would listen beyond loopback unprotected (every such
+problem named: JUNCTION_ADMIN_TOKEN for the admin API, TLS for xDS).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import orjson
 
+from junction.admin import ExposureError, admin_token
 from junction.als import cli as als_cli
 from junction.catalog.file import load_instances
 from junction.catalog.model import Catalog
@@ -48,6 +50,14 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number 0..65535")
     return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:8080`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), _port(port)
 
 
 def _read(path: str) -> str:
@@ -93,8 +103,29 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--instances", help="instances file (embedded default)")
         s.add_argument("--consul-addr", help="Consul HTTP address, e.g. 127.0.0.1:8500")
         s.add_argument("--consul-key", help="KV key holding the config YAML")
-        s.add_argument("--host", default="127.0.0.1", help="address for the xDS and HTTP ports")
-        s.add_argument("--http-port", type=_port, default=8081, help="/healthz and /status")
+        s.add_argument(
+            "--host", default="127.0.0.1", help="address for Envoy's ports (xDS, access logs)"
+        )
+        s.add_argument(
+            "--http-port", type=_port, default=8081, help="the admin API: /healthz, /status, ..."
+        )
+        s.add_argument(
+            "--admin-host",
+            default="127.0.0.1",
+            help="address of the admin API (default loopback; beyond it needs "
+            "JUNCTION_ADMIN_TOKEN)",
+        )
+        s.add_argument(
+            "--health-addr",
+            type=_host_port,
+            metavar="HOST:PORT",
+            help="the load balancer's listener: GET/HEAD /healthz only (may be 0.0.0.0)",
+        )
+        s.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow xDS and access logs beyond loopback without TLS",
+        )
         s.add_argument("--xds-port", type=_port, default=18000)
         s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
         if name == "up":
@@ -181,6 +212,10 @@ def _run(args: argparse.Namespace) -> int:
         consul_key=args.consul_key,
         host=args.host,
         http_port=args.http_port,
+        admin_host=args.admin_host,
+        health_addr=args.health_addr,
+        admin_token=admin_token(),
+        insecure=args.insecure,
         xds_port=args.xds_port,
         run_envoy=up,
         envoy_admin_port=args.envoy_admin_port if up else 0,
@@ -227,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    except ExposureError as exc:
+        print(f"junction {args.command}: {exc}", file=sys.stderr)
+        return 2
     except JunctionError as exc:
         print(f"junction {args.command}: {exc}", file=sys.stderr)
         return 1

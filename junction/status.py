@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from junction.admin import health_app, token_middleware
 from junction.envoy_admin import fetch_clusters, healthy_hosts
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
@@ -68,11 +69,16 @@ class StatusServer:
         sections: Mapping[str, Callable[[], Any]] | None = None,
         routes: Sequence[Callable[[web.Application], None]] = (),
         health_nodes: Sequence[str] = (),
+        admin_token: str | None = None,
     ) -> None:
         """``health_nodes``: the node ids of the Envoys this control plane answers for;
         only they count in /healthz (other xDS clients appear in /status only). Empty:
-        every connected node counts."""
+        every connected node counts. ``admin_token``: mutating calls need it
+        (:func:`junction.admin.token_middleware`)."""
         self._publisher = publisher
+        self._admin_token = admin_token
+        self._health_runner: web.AppRunner | None = None
+        self.health_port: int | None = None
         self.health_nodes = tuple(sorted(set(health_nodes)))
         self._cache = cache
         self._maintenance_file = maintenance_file
@@ -137,7 +143,7 @@ class StatusServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
-        app = web.Application()
+        app = web.Application(middlewares=[token_middleware(self._admin_token)])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
         for add_routes in self._routes:
@@ -151,7 +157,22 @@ class StatusServer:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self.port
 
+    async def start_health(self, host: str, port: int = 0) -> int:
+        """The load balancer's listener on ``host:port``: /healthz only
+        (:func:`junction.admin.health_app`); returns the bound port."""
+        self._health_runner = web.AppRunner(health_app(self._healthz), access_log=None)
+        await self._health_runner.setup()
+        site = web.TCPSite(self._health_runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.health_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self.health_port
+
     async def stop(self) -> None:
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+            self._health_runner = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
