@@ -39,6 +39,7 @@ from junction.xds.bootstrap import BootstrapOptions, bootstrap
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
+from junction.xds.tls import TlsFiles
 from junction.xds.translate import DEFAULT_OPTIONS
 
 __all__ = ["ControlPlane", "Settings", "SettingsError", "run_until_signalled"]
@@ -69,6 +70,10 @@ class Settings:
     admin_token: str | None = None
     #: Listen beyond loopback for Envoy (xDS, access logs) without TLS, knowingly.
     insecure: bool = False
+    #: mTLS for xDS and the ALS receiver (client certificates required); None: plaintext.
+    tls: TlsFiles | None = None
+    #: A node id must be one of its client certificate's SANs (needs ``tls``).
+    require_node_identity: bool = False
     xds_port: int = 18000
     run_envoy: bool = False
     envoy_admin_port: int = 9901
@@ -104,11 +109,13 @@ class Settings:
             )
         if self.run_envoy and self.access_log and self.als is None and not self.als_port:
             raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
+        if self.require_node_identity and self.tls is None:
+            raise SettingsError("--require-node-identity needs --tls-cert, --tls-key, --tls-ca")
         problems = exposure_problems(
             admin_host=self.admin_host,
             token=self.admin_token,
             envoy_host=self.host,
-            tls=False,
+            tls=self.tls is not None,
             insecure=self.insecure,
         )
         if problems:
@@ -163,6 +170,7 @@ class ControlPlane:
                 store=self.canary_store,
                 config=self._config,
                 envoy_admin=self._envoy_admin,
+                credentials=None if settings.tls is None else settings.tls.server_credentials(),
             )
             if settings.als is not None
             else None
@@ -198,7 +206,12 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
-        self._grpc, self.xds_port = await create_server(self.cache, f"{s.host}:{s.xds_port}")
+        self._grpc, self.xds_port = await create_server(
+            self.cache,
+            f"{s.host}:{s.xds_port}",
+            tls=s.tls,
+            require_node_identity=s.require_node_identity,
+        )
         await self.status.start(s.admin_host, s.http_port)
         if s.health_addr is not None:
             await self.status.start_health(*s.health_addr)
@@ -227,6 +240,8 @@ class ControlPlane:
                 admin_port=s.envoy_admin_port,
                 delta=s.delta,
                 als_port=self.als.port if self.als is not None else s.als_port,
+                # With TLS, this Envoy presents the control plane's own certificate.
+                tls=s.tls,
             )
             if s.extproc is not None:
                 self.extproc = await self._start_extproc(s.extproc)

@@ -27,6 +27,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -38,6 +39,9 @@ from junction.config.errors import ConfigError, Problem
 from junction.config.load import config_version, load_config
 from junction.errors import JunctionError
 from junction.extproc import cli as extproc_cli
+
+if TYPE_CHECKING:
+    from junction.xds.tls import TlsFiles
 
 __all__ = ["main"]
 
@@ -58,6 +62,24 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), _port(port)
+
+
+def _tls_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-ca``: PEM files (all three, or none)."""
+    p.add_argument("--tls-cert", metavar="PEM", help=f"mTLS: {what}")
+    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--tls-ca", metavar="PEM")
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise JunctionError("--tls-cert, --tls-key and --tls-ca go together: give all three")
+    from junction.xds.tls import TlsFiles  # imports grpc: not before _run sets its env
+
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def _read(path: str) -> str:
@@ -93,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--xds-port", type=_port, default=18000)
     b.add_argument("--admin-port", type=_port, default=9901)
     b.add_argument("--delta", action="store_true", help="incremental (delta) ADS")
+    _tls_arguments(b, "Envoy's certificate, its key, and the CA of the control plane's")
+    b.add_argument("--tls-server-name", default="", help="SNI sent to the control plane")
 
     for name, helptext in (
         ("up", "run the control plane and a real Envoy until SIGINT/SIGTERM"),
@@ -125,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
             "--insecure",
             action="store_true",
             help="allow xDS and access logs beyond loopback without TLS",
+        )
+        _tls_arguments(s, "the server's certificate, its key, and the CA of the Envoys'")
+        s.add_argument(
+            "--require-node-identity",
+            action="store_true",
+            help="a node id must be one of its client certificate's SANs (needs --tls-*)",
         )
         s.add_argument("--xds-port", type=_port, default=18000)
         s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
@@ -193,6 +223,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         admin_port=args.admin_port,
         delta=args.delta,
+        tls=_tls(args),
+        tls_server_name=args.tls_server_name,
     )
     sys.stdout.buffer.write(orjson.dumps(bootstrap(opts), option=orjson.OPT_INDENT_2) + b"\n")
     return 0
@@ -216,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         health_addr=args.health_addr,
         admin_token=admin_token(),
         insecure=args.insecure,
+        tls=_tls(args),
+        require_node_identity=args.require_node_identity,
         xds_port=args.xds_port,
         run_envoy=up,
         envoy_admin_port=args.envoy_admin_port if up else 0,

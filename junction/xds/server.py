@@ -18,6 +18,7 @@ an ACK on one stream wakes the node's other streams.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ from junction.xds.protocol import (
 from junction.xds.protocol_delta import DeltaStream
 from junction.xds.protocol_sotw import SotwStream
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type
+from junction.xds.tls import TlsFiles, peer_identities
 
 __all__ = ["OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
 
@@ -129,9 +131,20 @@ class XdsServicer:
     twice); it must be cheap and must not raise. Without it, nothing is wrapped.
     """
 
-    def __init__(self, cache: SnapshotCache, *, on_send: OnSend | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        on_send: OnSend | None = None,
+        require_node_identity: bool = False,
+    ) -> None:
+        """``require_node_identity``: a stream's node id must be one of its client
+        certificate's subject alternative names (mTLS), else PERMISSION_DENIED."""
         self.cache = cache
         self._on_send = on_send
+        self._require_identity = require_node_identity
+        #: Streams refused, by reason (for /status): what hostile clients tried.
+        self.refused: collections.Counter[str] = collections.Counter()
         self._queues: set[asyncio.Queue[object]] = set()
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -212,6 +225,9 @@ class XdsServicer:
         reader = asyncio.create_task(read())
         watch: Watch | None = None
         peer = context.peer()
+        identities = (
+            peer_identities(context.auth_context()) if self._require_identity else None
+        )
         try:
             while True:
                 item = await queue.get()
@@ -223,6 +239,8 @@ class XdsServicer:
                 elif isinstance(item, _Garbage):
                     raise MalformedRequest(item.error)
                 elif isinstance(item, core.request_type):
+                    if identities is not None:
+                        _check_identity(item, identities)
                     out = core.receive(item, self.cache.snapshot)
                 else:  # pragma: no cover - the deserializer decides the type
                     raise MalformedRequest(f"unexpected request type {type(item).__name__}")
@@ -231,6 +249,10 @@ class XdsServicer:
                 self._after(core, out, watch, peer)
                 for response in out.responses:
                     yield response
+        except Impersonation as exc:
+            self.refused["impersonation"] += 1
+            log.warning("stream %d (%s): refused: %s", core.id, peer, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except XdsProtocolError as exc:
             node = core.node_id or "?"
             log.warning("node %s (%s, %s): stream rejected: %s", node, core.kind, peer, exc)
@@ -259,6 +281,22 @@ class XdsServicer:
             )
         if changed and core.node_id is not None:
             self.cache.notify_node(core.node_id, watch)
+
+
+class Impersonation(JunctionError):
+    """A node id that the client certificate does not name (``--require-node-identity``)."""
+
+
+def _check_identity(request: Any, identities: frozenset[str]) -> None:
+    """Checked before the core sees the request: an impersonating stream must not touch
+    the real node's state (claiming its types would supersede the real stream)."""
+    node_id = request.node.id if request.HasField("node") else ""
+    if node_id and node_id not in identities:
+        names = ", ".join(sorted(identities)) or "none"
+        raise Impersonation(
+            f"node id {node_id!r} is not named by the client certificate "
+            f"(subject alternative names: {names})"
+        )
 
 
 def _log_event(node: str, core: StreamCore[Any, Any], event: Event, peer: str) -> None:
@@ -333,18 +371,31 @@ class XdsServer(grpc.aio.Server):  # type: ignore[misc]
 
 
 async def create_server(
-    cache: SnapshotCache, address: str = "127.0.0.1:0", *, on_send: OnSend | None = None
+    cache: SnapshotCache,
+    address: str = "127.0.0.1:0",
+    *,
+    on_send: OnSend | None = None,
+    tls: TlsFiles | None = None,
+    require_node_identity: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Start an xDS server for ``cache`` on ``address``; returns it and the bound port.
 
     Stop it with ``await server.stop(grace)``: open streams end at once (Envoy reconnects),
     in-flight sends get ``grace`` seconds. ``on_send``: see :class:`XdsServicer`.
+    ``tls``: mutual TLS, client certificates required (None: plaintext, for loopback);
+    ``require_node_identity``: see :class:`XdsServicer` (needs ``tls``).
     """
-    servicer = XdsServicer(cache, on_send=on_send)
+    if require_node_identity and tls is None:
+        raise XdsServerError("--require-node-identity needs TLS (--tls-cert/--tls-key/--tls-ca)")
+    servicer = XdsServicer(cache, on_send=on_send, require_node_identity=require_node_identity)
     server = XdsServer(grpc.aio.server(), servicer)
     server.add_generic_rpc_handlers(tuple(servicer.generic_handlers()))
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_insecure_port(address)
+            if tls is None
+            else server.add_secure_port(address, tls.server_credentials())
+        )
     except RuntimeError as exc:
         raise XdsServerError(f"cannot listen for xDS on {address}: {exc}") from exc
     if port == 0:

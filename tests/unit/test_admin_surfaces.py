@@ -179,3 +179,17 @@ async def test_the_canary_cli_sends_the_token_from_the_same_variable(
     finally:
         await runner.cleanup()
     assert code == 0 and seen == [f"Bearer {TOKEN}"]
+
+
+def test_node_identity_needs_tls_and_tls_beyond_loopback_is_enough(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    config, instances = files(tmp_path)
+    argv = ["serve", "-c", config, "--instances", instances]
+    assert main([*argv, "--require-node-identity"]) == 1
+    assert "--require-node-identity needs --tls-cert" in capsys.readouterr().err
+    settings = Settings(
+        config_path=config, instances_path=instances, host="0.0.0.0", insecure=True
+    )
+    settings.check()  # --insecure: said so, allowed
