@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import eventually
 
 from junction.admin import ADMIN_TOKEN_ENV, exposure_problems, is_loopback
 from junction.app import ControlPlane, Settings
@@ -58,6 +59,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[tuple[ControlPlane, aiohttp.Cli
     )
     await plane.start()
     try:
+        await eventually(lambda: plane.publisher.config is not None, timeout=10)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             yield plane, session
     finally:
@@ -113,6 +115,8 @@ async def test_mutating_admin_calls_need_the_token(
     # Reads stay open to whoever reaches the (loopback) admin listener.
     async with session.get(f"http://127.0.0.1:{cp.status.port}/status") as resp:
         assert resp.status == 200
+        body = await resp.json()
+    assert body["xds_refused"] == {}  # what hostile xDS clients tried, by reason
     async with session.post(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
         assert resp.status == 200, await resp.text()  # past the check: the ramp aborted
 
