@@ -175,7 +175,7 @@ class ControlPlane:
             if settings.als is not None
             else None
         )
-        sections = {"canary": self.canary.status, "xds_refused": self._xds_refused}
+        sections = {"canary": self.canary.status, "xds_refused": self.xds_refused}
         routes = [self.canary.add_routes]
         if self.als is not None:
             sections["als"] = self.als.status
@@ -196,7 +196,7 @@ class ControlPlane:
         self.xds_port: int | None = None
         self.extproc: ExtProcService | None = None
 
-    def _xds_refused(self) -> dict[str, int]:
+    def xds_refused(self) -> dict[str, int]:
         """What hostile or broken xDS clients tried, by reason (junction.xds.limits)."""
         servicer = getattr(self._grpc, "servicer", None)
         return {} if servicer is None else dict(sorted(servicer.refused.items()))

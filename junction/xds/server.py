@@ -160,6 +160,11 @@ class XdsServicer:
         self._aborts: set[asyncio.Task[None]] = set()
         self._queues: set[asyncio.Queue[object]] = set()
 
+    @property
+    def open_streams(self) -> int:
+        """xDS streams being served now (bounded by ``limits.max_streams``)."""
+        return len(self._queues)
+
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = []
         for service, sotw, delta, type_url in SERVICES:

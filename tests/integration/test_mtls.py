@@ -127,8 +127,9 @@ async def test_good_certificate_connects_and_everything_else_is_refused(
             assert code == grpc.StatusCode.UNAVAILABLE, (pem, code)
         # A certificate of the right CA naming edge-b cannot speak for edge-a.
         async with envoy(plane, pki, pki.edge_b, "edge-a"):
-            servicer = plane._grpc.servicer  # type: ignore[union-attr]
-            await eventually(lambda: servicer.refused["impersonation"] >= 1, timeout=BOUND)
+            await eventually(
+                lambda: plane.xds_refused().get("impersonation", 0) >= 1, timeout=BOUND
+            )
         node = plane.cache.node("edge-a")
         assert node is not None and node.synced and node.streams == ("sotw/ads",)
         assert [n.node_id for n in plane.cache.nodes()] == ["edge-a"]

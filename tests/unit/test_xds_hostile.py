@@ -203,7 +203,7 @@ async def test_thousands_of_streams_beyond_the_bound_are_refused(rig: Rig) -> No
             await channel.close()
         await good.close()
     # Their state is dropped as they close: the server is back to one stream.
-    await eventually(lambda: len(rig.server.servicer._queues) == 0, timeout=BOUND)
+    await eventually(lambda: rig.server.servicer.open_streams == 0, timeout=BOUND)
 
 
 async def test_a_stream_that_never_reads_is_ended_and_others_keep_their_pushes() -> None:
