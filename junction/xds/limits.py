@@ -77,8 +77,7 @@ def check_request(request: Any, limits: XdsLimits) -> bool:
         message = request.error_detail.message
         if len(message) > limits.max_error_detail:
             request.error_detail.message = (
-                message[: limits.max_error_detail]
-                + f"... ({len(message):,} characters, truncated)"
+                message[: limits.max_error_detail] + f"... ({len(message):,} characters, truncated)"
             )
             return True
     return False

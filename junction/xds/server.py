@@ -283,6 +283,7 @@ class XdsServicer:
                     if check_request(item, limits):
                         self.refused["error_detail_truncated"] += 1
                     out = core.receive(item, self.cache.snapshot)
+                    _check_subscriptions(core, limits)
                 else:  # pragma: no cover - the deserializer decides the type
                     raise MalformedRequest(f"unexpected request type {type(item).__name__}")
                 if watch is None and core.node_id is not None:
@@ -377,6 +378,21 @@ def _check_identity(request: Any, identities: frozenset[str]) -> None:
             f"node id {node_id!r} is not named by the client certificate "
             f"(subject alternative names: {names})"
         )
+
+
+def _check_subscriptions(core: StreamCore[Any, Any], limits: XdsLimits) -> None:
+    """Delta subscriptions add up over requests: bound what one stream holds too."""
+    node = core.node
+    if node is None:
+        return
+    for ts in node.types.values():
+        st = ts.stream
+        if st is not None and st.owner == core.id and len(st.sub.names) > limits.max_resource_names:
+            raise LimitExceeded(
+                "too_many_resource_names",
+                f"stream subscribes to {len(st.sub.names):,} {short_type(ts.type_url)} "
+                f"resources; the limit is {limits.max_resource_names:,}",
+            )
 
 
 def _log_event(node: str, core: StreamCore[Any, Any], event: Event, peer: str) -> None:

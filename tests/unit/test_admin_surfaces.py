@@ -127,12 +127,18 @@ def test_exposure_names_every_problem_at_once() -> None:
     )
     assert len(both) == 2
     assert ADMIN_TOKEN_ENV in both[0] and "--tls-cert" in both[1] and "--insecure" in both[1]
-    assert exposure_problems(
-        admin_host="0.0.0.0", token="t", envoy_host="0.0.0.0", tls=True, insecure=False
-    ) == []
-    assert exposure_problems(
-        admin_host="::1", token=None, envoy_host="127.0.0.2", tls=False, insecure=False
-    ) == []
+    assert (
+        exposure_problems(
+            admin_host="0.0.0.0", token="t", envoy_host="0.0.0.0", tls=True, insecure=False
+        )
+        == []
+    )
+    assert (
+        exposure_problems(
+            admin_host="::1", token=None, envoy_host="127.0.0.2", tls=False, insecure=False
+        )
+        == []
+    )
     insecure = exposure_problems(
         admin_host="10.0.0.1", token=None, envoy_host="0.0.0.0", tls=False, insecure=True
     )
@@ -193,7 +199,5 @@ def test_node_identity_needs_tls_and_tls_beyond_loopback_is_enough(
     argv = ["serve", "-c", config, "--instances", instances]
     assert main([*argv, "--require-node-identity"]) == 1
     assert "--require-node-identity needs --tls-cert" in capsys.readouterr().err
-    settings = Settings(
-        config_path=config, instances_path=instances, host="0.0.0.0", insecure=True
-    )
+    settings = Settings(config_path=config, instances_path=instances, host="0.0.0.0", insecure=True)
     settings.check()  # --insecure: said so, allowed

@@ -51,7 +51,7 @@ async def rig_with(limits: XdsLimits, snap: Snapshot | None = None) -> Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    r = await rig_with(XdsLimits(max_streams=64, send_timeout=1.0))
+    r = await rig_with(XdsLimits(max_streams=64, send_timeout=10.0))
     try:
         yield r
     finally:
@@ -70,25 +70,29 @@ async def failure(call: Any) -> grpc.aio.AioRpcError:
 class GoodNode:
     """A well-behaved node on its own channel: CDS only, ACKing every push."""
 
-    def __init__(self, rig: Rig) -> None:
+    def __init__(self, rig: Rig, names: tuple[str, ...] = ()) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}")
         self.call = rig.ads(self.channel)
+        self.names = names  # empty: every cluster
         self.versions: list[str] = []
 
     async def start(self) -> None:
-        await self.call.write(request(CLUSTER, node="good"))
+        await self.call.write(request(CLUSTER, names=self.names, node="good"))
         await self.receive()
 
     async def receive(self) -> str:
         response = await asyncio.wait_for(self.call.read(), BOUND)
-        await self.call.write(ack(response))
+        await self.call.write(ack(response, self.names))
         self.versions.append(response.version_info)
         return str(response.version_info)
 
     async def pushed(self, rig: Rig, snap: Snapshot) -> None:
         """A new snapshot reaches this node (its push was not held up by the others)."""
+        before = self.versions[-1]
         rig.cache.set(snap)
-        assert await self.receive() == snap.versions[CLUSTER]
+        version = await self.receive()
+        assert version != before
+        assert self.names or version == snap.versions[CLUSTER]
 
     async def close(self) -> None:
         self.call.cancel()
@@ -132,6 +136,14 @@ async def test_a_hundred_thousand_resource_names_are_refused(rig: Rig) -> None:
         assert "request names 100,000 resources; the limit is 10,000" in str(error.details())
     assert rig.refused == {"too_many_resource_names": 2}
     assert rig.cache.node("big") is None  # refused before the core saw it
+    # Delta subscriptions add up over requests: the stream's total is bounded too.
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(rig.channel).DeltaAggregatedResources()
+    await call.write(delta_request(CLUSTER, subscribe=names[:6000], node="creeping"))
+    await call.write(delta_request(CLUSTER, subscribe=names[6000:12000], node=None))
+    error = await failure(call)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "stream subscribes to 12,000 Cluster resources" in str(error.details())
+    assert rig.refused == {"too_many_resource_names": 3}
     await good.pushed(rig, snapshot({"A": 100, "B": 0}))
     await good.close()
 
@@ -210,7 +222,9 @@ async def test_a_stream_that_never_reads_is_ended_and_others_keep_their_pushes()
     # 8000 clusters: one CDS response (~180 KB) is bigger than the client's 64 KiB window.
     big = snapshot({f"c{i:04d}": 1 for i in range(8000)})
     rig = await rig_with(XdsLimits(send_timeout=1.0), big)
-    good = GoodNode(rig)
+    # The good node asks for one cluster: its small responses never wait on its window,
+    # however loaded the machine (a 180 KB one might, and would rightly be cut at 1 s).
+    good = GoodNode(rig, names=("c0000",))
     # The stuck client: never reads, and grows no window (no BDP probing).
     stuck_channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{rig.port}", options=[("grpc.http2.bdp_probe", 0), OWN_CONNECTION]
@@ -220,7 +234,7 @@ async def test_a_stream_that_never_reads_is_ended_and_others_keep_their_pushes()
         stuck = rig.ads(stuck_channel)
         await stuck.write(request(CLUSTER, node="stuck"))
         await eventually(lambda: rig.refused.get("not_reading", 0) == 1, timeout=BOUND)
-        await good.pushed(rig, snapshot({f"c{i:04d}": 1 for i in range(8001)}))
+        await good.pushed(rig, snapshot({f"c{i:04d}": 1 for i in range(8000)}, lb={"c0000": 1}))
         error = await failure(stuck)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "responses not read for 1 s" in str(error.details())
