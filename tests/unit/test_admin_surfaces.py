@@ -201,3 +201,14 @@ def test_node_identity_needs_tls_and_tls_beyond_loopback_is_enough(
     assert "--require-node-identity needs --tls-cert" in capsys.readouterr().err
     settings = Settings(config_path=config, instances_path=instances, host="0.0.0.0", insecure=True)
     settings.check()  # --insecure: said so, allowed
+
+
+def test_als_serve_refuses_to_expose_its_ports_unprotected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    config, _ = files(tmp_path)
+    argv = ["als", "serve", "-c", config, "--state-dir", str(tmp_path / "s"), "--host", "::"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ADMIN_TOKEN_ENV in err and "without TLS" in err
