@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from junction.admin import ExposureError, exposure_problems
 from junction.canary.api import CanaryApi
 from junction.canary.metrics import CanaryMetrics
 from junction.canary.source import CanaryBoard, CanaryStateSource
@@ -42,6 +43,7 @@ from junction.xds.cache import SnapshotCache
 from junction.xds.metrics import XdsMetrics
 from junction.xds.publisher import Publisher
 from junction.xds.server import create_server
+from junction.xds.tls import TlsFiles
 from junction.xds.translate import DEFAULT_OPTIONS
 from junction.xds.translate_als import AccessLogOptions, with_access_log
 
@@ -65,6 +67,18 @@ class Settings:
     consul_wait: str = "30s"
     host: str = "127.0.0.1"
     http_port: int = 8081
+    #: Where the admin API (/status, /canary, commands) listens: loopback by default.
+    admin_host: str = "127.0.0.1"
+    #: The load balancer's health-only listener, ``(host, port)`` (None: not opened).
+    health_addr: tuple[str, int] | None = None
+    #: ``JUNCTION_ADMIN_TOKEN``: mutating admin calls need it (None: no token).
+    admin_token: str | None = None
+    #: Listen beyond loopback for Envoy (xDS, access logs) without TLS, knowingly.
+    insecure: bool = False
+    #: mTLS for xDS and the ALS receiver (client certificates required); None: plaintext.
+    tls: TlsFiles | None = None
+    #: A node id must be one of its client certificate's SANs (needs ``tls``).
+    require_node_identity: bool = False
     xds_port: int = 18000
     run_envoy: bool = False
     envoy_admin_port: int = 9901
@@ -75,6 +89,8 @@ class Settings:
     #: The decision service beside the Envoy of ``junction up`` (None: not run).
     extproc: SidecarSettings | None = None
     node_id: str = ""
+    #: ``serve --node-id``: the Envoys judged by /healthz (``up``: its own Envoy).
+    health_nodes: tuple[str, ...] = ()
     zone: str = ""
     region: str = ""
     #: The ALS receiver and canary controller in this process (None: not run here).
@@ -93,6 +109,17 @@ class Settings:
             raise SettingsError(problem)
         if self.run_envoy and self.access_log and self.als is None and not self.als_port:
             raise SettingsError("--no-als needs --als-port N (where Envoy sends access logs)")
+        if self.require_node_identity and self.tls is None:
+            raise SettingsError("--require-node-identity needs --tls-cert, --tls-key, --tls-ca")
+        problems = exposure_problems(
+            admin_host=self.admin_host,
+            token=self.admin_token,
+            envoy_host=self.host,
+            tls=self.tls is not None,
+            insecure=self.insecure,
+        )
+        if problems:
+            raise ExposureError("refusing to start:\n  " + "\n  ".join(problems))
 
     def sources(self) -> SourceChoice:
         return SourceChoice(
@@ -147,11 +174,16 @@ class ControlPlane:
                 store=self.canary_store,
                 config=self._config,
                 envoy_admin=self._envoy_admin,
+                credentials=None if settings.tls is None else settings.tls.server_credentials(),
             )
             if settings.als is not None
             else None
         )
-        sections = {"canary": self.canary.status, "decisions": self._decision_tiers}
+        sections = {
+            "canary": self.canary.status,
+            "decisions": self._decision_tiers,
+            "xds_refused": self.xds_refused,
+        }
         routes = [self.canary.add_routes, metrics_route(self.metrics)]
         if self.als is not None:
             sections["als"] = self.als.status
@@ -159,6 +191,7 @@ class ControlPlane:
             self.als.register_metrics(self.metrics, lambda: self.canary_board.states)
         else:
             CanaryMetrics(self.metrics, states=lambda: self.canary_board.states)
+        self.node_id = settings.node_id or f"junction-{socket.gethostname()}"
         self.status = StatusServer(
             self.publisher,
             self.cache,
@@ -166,11 +199,18 @@ class ControlPlane:
             envoy_admin=self._envoy_admin,
             sections=sections,
             routes=routes,
+            health_nodes=(self.node_id,) if settings.run_envoy else settings.health_nodes,
+            admin_token=settings.admin_token,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc = None
         self.xds_port: int | None = None
         self.extproc: ExtProcService | None = None
+
+    def xds_refused(self) -> dict[str, int]:
+        """What hostile or broken xDS clients tried, by reason (junction.xds.limits)."""
+        servicer = getattr(self._grpc, "servicer", None)
+        return {} if servicer is None else dict(sorted(servicer.refused.items()))
 
     def _config(self) -> Config | None:
         return self.publisher.config
@@ -188,9 +228,15 @@ class ControlPlane:
     async def start(self) -> None:
         s = self.settings
         self._grpc, self.xds_port = await create_server(
-            self.cache, f"{s.host}:{s.xds_port}", on_events=self.xds_metrics.observe
+            self.cache,
+            f"{s.host}:{s.xds_port}",
+            on_events=self.xds_metrics.observe,
+            tls=s.tls,
+            require_node_identity=s.require_node_identity,
         )
-        await self.status.start(s.host, s.http_port)
+        await self.status.start(s.admin_host, s.http_port)
+        if s.health_addr is not None:
+            await self.status.start_health(*s.health_addr)
         if self.als is not None:
             await self.als.start()
         for coro in (
@@ -201,12 +247,14 @@ class ControlPlane:
         ):
             self._tasks.append(asyncio.create_task(coro))
         log.info(
-            "control plane up: xDS on %s:%d, status on http://%s:%d",
-            s.host, self.xds_port, s.host, self.status.port,
+            "control plane up: xDS on %s:%d, admin API on http://%s:%d%s",
+            s.host, self.xds_port, s.admin_host, self.status.port,
+            f", /healthz on {s.health_addr[0]}:{self.status.health_port}"
+            if s.health_addr else "",
         )  # fmt: skip
         if s.run_envoy:
             opts = BootstrapOptions(
-                node_id=s.node_id or f"junction-{socket.gethostname()}",
+                node_id=self.node_id,
                 zone=s.zone,
                 region=s.region,
                 xds_host=s.host,
@@ -214,6 +262,8 @@ class ControlPlane:
                 admin_port=s.envoy_admin_port,
                 delta=s.delta,
                 als_port=self.als.port if self.als is not None else s.als_port,
+                # With TLS, this Envoy presents the control plane's own certificate.
+                tls=s.tls,
             )
             if s.extproc is not None:
                 self.extproc = await self._start_extproc(s.extproc)

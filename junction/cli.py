@@ -14,7 +14,8 @@
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).
 Exit codes: 0 success, 1 invalid input (errors on stderr, each naming what is wrong),
-2 bad usage.
+2 bad usage, or a surface that would listen beyond loopback unprotected (every such
+problem named: JUNCTION_ADMIN_TOKEN for the admin API, TLS for xDS).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
+from junction.admin import ExposureError, admin_token
 from junction.catalog.file import load_instances
 from junction.catalog.model import Catalog
 from junction.config.errors import ConfigError, Problem
@@ -36,6 +39,9 @@ from junction.config.load import config_version, load_config
 from junction.errors import JunctionError
 from junction.extproc import cli as extproc_cli
 from junction.loop import cli as als_cli
+
+if TYPE_CHECKING:
+    from junction.xds.tls import TlsFiles
 
 __all__ = ["main"]
 
@@ -48,6 +54,32 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number 0..65535")
     return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:8080`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), _port(port)
+
+
+def _tls_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-ca``: PEM files (all three, or none)."""
+    p.add_argument("--tls-cert", metavar="PEM", help=f"mTLS: {what}")
+    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--tls-ca", metavar="PEM")
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise JunctionError("--tls-cert, --tls-key and --tls-ca go together: give all three")
+    from junction.xds.tls import TlsFiles  # imports grpc: not before _run sets its env
+
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def _read(path: str) -> str:
@@ -83,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--xds-port", type=_port, default=18000)
     b.add_argument("--admin-port", type=_port, default=9901)
     b.add_argument("--delta", action="store_true", help="incremental (delta) ADS")
+    _tls_arguments(b, "Envoy's certificate, its key, and the CA of the control plane's")
+    b.add_argument("--tls-server-name", default="", help="SNI sent to the control plane")
 
     for name, helptext in (
         ("up", "run the control plane and a real Envoy until SIGINT/SIGTERM"),
@@ -93,11 +127,49 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--instances", help="instances file (embedded default)")
         s.add_argument("--consul-addr", help="Consul HTTP address, e.g. 127.0.0.1:8500")
         s.add_argument("--consul-key", help="KV key holding the config YAML")
-        s.add_argument("--host", default="127.0.0.1", help="address for the xDS and HTTP ports")
-        s.add_argument("--http-port", type=_port, default=8081, help="/healthz and /status")
+        s.add_argument(
+            "--host", default="127.0.0.1", help="address for Envoy's ports (xDS, access logs)"
+        )
+        s.add_argument(
+            "--http-port", type=_port, default=8081, help="the admin API: /healthz, /status, ..."
+        )
+        s.add_argument(
+            "--admin-host",
+            default="127.0.0.1",
+            help="address of the admin API (default loopback; beyond it needs "
+            "JUNCTION_ADMIN_TOKEN)",
+        )
+        s.add_argument(
+            "--health-addr",
+            type=_host_port,
+            metavar="HOST:PORT",
+            help="the load balancer's listener: GET/HEAD /healthz only (may be 0.0.0.0)",
+        )
+        s.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow xDS and access logs beyond loopback without TLS",
+        )
+        _tls_arguments(s, "the server's certificate, its key, and the CA of the Envoys'")
+        s.add_argument(
+            "--require-node-identity",
+            action="store_true",
+            help="a node id must be one of its client certificate's SANs (needs --tls-*)",
+        )
         s.add_argument("--xds-port", type=_port, default=18000)
         s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
-        s.add_argument("--node-id", default="", help="Envoy node id (up)")
+        if name == "up":
+            s.add_argument("--node-id", default="", help="the Envoy's node id")
+        else:
+            s.add_argument(
+                "--node-id",
+                action="append",
+                default=[],
+                dest="health_nodes",
+                metavar="ID",
+                help="an Envoy this control plane answers for in /healthz (repeatable; "
+                "default: every connected Envoy); other xDS clients show in /status only",
+            )
         s.add_argument("--zone", default="")
         s.add_argument("--region", default="")
         if name == "up":
@@ -156,6 +228,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         admin_port=args.admin_port,
         delta=args.delta,
+        tls=_tls(args),
+        tls_server_name=args.tls_server_name,
     )
     sys.stdout.buffer.write(orjson.dumps(bootstrap(opts), option=orjson.OPT_INDENT_2) + b"\n")
     return 0
@@ -175,6 +249,12 @@ def _run(args: argparse.Namespace) -> int:
         consul_key=args.consul_key,
         host=args.host,
         http_port=args.http_port,
+        admin_host=args.admin_host,
+        health_addr=args.health_addr,
+        admin_token=admin_token(),
+        insecure=args.insecure,
+        tls=_tls(args),
+        require_node_identity=args.require_node_identity,
         xds_port=args.xds_port,
         run_envoy=up,
         envoy_admin_port=args.envoy_admin_port if up else 0,
@@ -183,7 +263,8 @@ def _run(args: argparse.Namespace) -> int:
         maintenance_file=args.maintenance_file,
         delta=args.delta if up else False,
         extproc=extproc_cli.sidecar_settings(args) if up else None,
-        node_id=args.node_id,
+        node_id=args.node_id if up else "",
+        health_nodes=() if up else tuple(args.health_nodes),
         zone=args.zone,
         region=args.region,
         **als_cli.run_settings(args, up=up),
@@ -220,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    except ExposureError as exc:
+        print(f"junction {args.command}: {exc}", file=sys.stderr)
+        return 2
     except JunctionError as exc:
         print(f"junction {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -3,10 +3,11 @@
 ``/healthz`` answers, in this order (SPEC.md section 3):
 
 - 599 ``MAINTENANCE`` while the maintenance file exists;
-- 503 when there is no good config yet, when no Envoy is connected, when a connected Envoy
-  has not ACKed the latest snapshot or NACKed it, or when a configured cluster has no
-  healthy host according to Envoy's admin API (the catalog's view when no admin address is
-  known);
+- 503 when there is no good config yet, when a managed Envoy (``--node-id``; ``up``: its own
+  Envoy; none given: every connected Envoy, at least one) is not connected, has not ACKed
+  the latest snapshot or NACKed it (other xDS clients never count here), or when a
+  configured cluster has no healthy host according to Envoy's admin API (the catalog's
+  view when no admin address is known);
 - 200 ``OK`` otherwise.
 
 The body of a non-200 answer says why, one reason a line, so an operator reading the load
@@ -29,6 +30,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from junction.admin import health_app, token_middleware
 from junction.envoy_admin import fetch_clusters, healthy_hosts
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
@@ -66,8 +68,18 @@ class StatusServer:
         envoy_admin: Callable[[], str | None] | None = None,
         sections: Mapping[str, Callable[[], Any]] | None = None,
         routes: Sequence[Callable[[web.Application], None]] = (),
+        health_nodes: Sequence[str] = (),
+        admin_token: str | None = None,
     ) -> None:
+        """``health_nodes``: the node ids of the Envoys this control plane answers for;
+        only they count in /healthz (other xDS clients appear in /status only). Empty:
+        every connected node counts. ``admin_token``: mutating calls need it
+        (:func:`junction.admin.token_middleware`)."""
         self._publisher = publisher
+        self._admin_token = admin_token
+        self._health_runner: web.AppRunner | None = None
+        self.health_port: int | None = None
+        self.health_nodes = tuple(sorted(set(health_nodes)))
         self._cache = cache
         self._maintenance_file = maintenance_file
         self._envoy_admin = envoy_admin or (lambda: None)
@@ -85,7 +97,7 @@ class StatusServer:
         snapshot = self._publisher.snapshot
         if snapshot is None:
             return Verdict(503, ("no good config published yet",))
-        reasons.extend(self._cache.health_problems(snapshot.version))
+        reasons.extend(self._cache.health_problems(snapshot.version, self.health_nodes))
         config = self._publisher.config
         if config is not None:
             healthy = await self._healthy_hosts()
@@ -118,6 +130,7 @@ class StatusServer:
         body = {
             **self._publisher.status(),
             "nodes": self._cache.node_status(),
+            "health_nodes": list(self.health_nodes) or "every connected node",
             "healthz": {"status": verdict.status, "reasons": list(verdict.reasons)},
             "maintenance_file": self._maintenance_file,
             "envoy_admin": self._envoy_admin(),
@@ -130,7 +143,7 @@ class StatusServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
-        app = web.Application()
+        app = web.Application(middlewares=[token_middleware(self._admin_token)])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
         for add_routes in self._routes:
@@ -144,7 +157,22 @@ class StatusServer:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self.port
 
+    async def start_health(self, host: str, port: int = 0) -> int:
+        """The load balancer's listener on ``host:port``: /healthz only
+        (:func:`junction.admin.health_app`); returns the bound port."""
+        self._health_runner = web.AppRunner(health_app(self._healthz), access_log=None)
+        await self._health_runner.setup()
+        site = web.TCPSite(self._health_runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.health_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self.health_port
+
     async def stop(self) -> None:
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+            self._health_runner = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -116,9 +116,10 @@ async def create_server(
     address: str = "127.0.0.1:0",
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A started grpc.aio server with the ALS servicer on ``address``; returns the bound port
-    (``address`` may end in ``:0``)."""
+    (``address`` may end in ``:0``). ``credentials``: TLS (None: plaintext)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 4 * max_message_bytes),
@@ -128,7 +129,11 @@ async def create_server(
         ]
     )
     add_to_server(AccessLogServicer(pipeline, max_message_bytes=max_message_bytes), server)
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
+    )
     if port == 0:
         raise OSError(f"cannot bind the ALS receiver to {address}")
     await server.start()

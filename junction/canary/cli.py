@@ -16,11 +16,18 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
+from junction.admin import auth_headers
+
 __all__ = ["format_service", "run"]
 
 
 def _request(method: str, url: str) -> tuple[int, Any]:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(
+        url,
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers=auth_headers(),  # JUNCTION_ADMIN_TOKEN, as the admin API wants it
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from junction.catalog.file import FileCatalog, FileConfig
+from junction.catalog.offloop import OffLoopConfig
 from junction.catalog.source import CatalogSource, ConfigSource
 
 __all__ = ["SourceChoice"]
@@ -36,13 +37,18 @@ class SourceChoice:
         return None
 
     def config_source(self) -> ConfigSource:
+        """The config document's source; every text it reports is parsed and validated in
+        a worker thread, never on the loop that serves xDS and /healthz (OffLoopConfig)."""
+        source: ConfigSource
         if self.consul_key:
             from junction.catalog.consul import ConsulConfig  # py-consul only when used
 
             assert self.consul_addr
-            return ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
-        assert self.config_path
-        return FileConfig(self.config_path)
+            source = ConsulConfig(self.consul_addr, self.consul_key, wait=self.consul_wait)
+        else:
+            assert self.config_path
+            source = FileConfig(self.config_path)
+        return OffLoopConfig(source)
 
     def catalog_source(self) -> CatalogSource:
         if self.instances_path:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import collections
 import difflib
 import hashlib
+import threading
 from collections.abc import Sequence
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -17,15 +19,57 @@ from junction.config.model import Config, group_by_prefix
 from junction.config.yamldoc import Document, parse_yaml
 from junction.names import RESERVED_CLUSTERS
 
-__all__ = ["config_version", "cross_check", "load_config", "validate_document"]
+__all__ = [
+    "config_version",
+    "cross_check",
+    "load_config",
+    "prepare_config",
+    "remember_config",
+    "validate_document",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def load_config(text: str, origin: str) -> Config:
-    """Parse and validate ``text``; ``origin`` (a file path or ``consul:KEY``) prefixes errors."""
+    """Parse and validate ``text``; ``origin`` (a file path or ``consul:KEY``) prefixes errors.
+
+    When this very ``text`` object was just prepared (:func:`prepare_config`, e.g. in a
+    worker thread), that outcome is returned at once instead of parsing again: this is how
+    an event loop hands the work elsewhere without its callers changing.
+    """
+    with _PREPARED_LOCK:
+        hit = next((r for t, o, r in reversed(_PREPARED) if t is text and o == origin), None)
+    if isinstance(hit, ConfigError):
+        raise ConfigError(hit.origin, list(hit.problems))
+    if hit is not None:
+        return hit
     doc = parse_yaml(text, origin)
     return validate_document(doc, Config, origin)
+
+
+#: The last few prepared outcomes: (text, origin, Config or the error). Matched by the
+#: identity of ``text``, so a lookup costs nothing however long the document is.
+_PREPARED: collections.deque[tuple[str, str, Config | ConfigError]] = collections.deque(maxlen=4)
+_PREPARED_LOCK = threading.Lock()
+
+
+def prepare_config(text: str, origin: str) -> Config | ConfigError:
+    """:func:`load_config` ``text`` and remember the outcome for the next
+    ``load_config(text, origin)`` with the same ``text`` object. Thread-safe."""
+    try:
+        outcome: Config | ConfigError = load_config(text, origin)
+    except ConfigError as exc:
+        outcome = exc
+    remember_config(text, origin, outcome)
+    return outcome
+
+
+def remember_config(text: str, origin: str, outcome: Config | ConfigError) -> None:
+    """Make ``outcome`` what ``load_config(text, origin)`` gives for this ``text`` object
+    (e.g. a rejection because preparing it took too long)."""
+    with _PREPARED_LOCK:
+        _PREPARED.append((text, origin, outcome))
 
 
 def config_version(text: str) -> str:
@@ -62,10 +106,13 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         return ("route", i, *rest) if many else ("route", *rest)
 
     known = set(config.cluster_names())
+    declared = sorted(set(config.cluster.loadbalancer) | set(config.endpoint.eds))
     for i, block in enumerate(config.route_blocks()):
         for name in block.cluster:
             if name in RESERVED_CLUSTERS:
                 out.append((route_path(i, "cluster", name), "is reserved for Junction's own use"))
+            elif name not in declared:
+                out.append((route_path(i, "cluster", name), _undeclared(name, declared)))
     for name in config.cluster.loadbalancer:
         if name in RESERVED_CLUSTERS:
             out.append((("cluster", "loadbalancer", name), "is reserved for Junction's own use"))
@@ -96,6 +143,19 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 )
     out.extend(cross_check_decisions(config))
     return out
+
+
+def _undeclared(name: str, declared: Sequence[str]) -> str:
+    """A route names a cluster no section declares: most likely a typo, which must not
+    send that route's share to an empty cluster (SPEC.md: a typo must not change
+    production routing). ``{}`` declares a cluster that wants every default."""
+    close = difflib.get_close_matches(name, declared, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"cluster {name!r} is declared neither under cluster.loadbalancer nor under "
+        f"endpoint.eds; {hint}(declare it, e.g. 'cluster.loadbalancer.{name}: {{}}' "
+        "for the defaults)"
+    )
 
 
 # ---- pydantic errors -> problems -----------------------------------------------------

@@ -127,6 +127,11 @@ def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: i
     s.add_argument("--max-queue-bytes", type=_positive(int), default=64 << 20)
     s.add_argument("--slot-seconds", type=_positive(float), default=1.0)
     s.add_argument("--tick", type=_positive(float), default=0.5, help="controller period (s)")
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow the plaintext ALS port beyond loopback (no TLS here)",
+    )
 
     c = sub.add_parser("canary", help="show or steer a canary ramp (over HTTP)")
     c.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
@@ -149,9 +154,11 @@ def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: i
 
 
 def _als(args: argparse.Namespace) -> int:
+    from junction.admin import ExposureError, admin_token, exposure_problems
     from junction.canary.store import make_store
     from junction.catalog.consul import ConsulConfig
     from junction.catalog.file import FileConfig
+    from junction.catalog.offloop import OffLoopConfig
     from junction.catalog.source import ConfigSource
     from junction.loop.service import AlsSettings
     from junction.loop.standalone import run_als
@@ -160,7 +167,17 @@ def _als(args: argparse.Namespace) -> int:
         raise JunctionError("give -c CONFIG or --consul-addr with --consul-key (not both)")
     if args.consul_key and not args.consul_addr:
         raise JunctionError("--consul-key needs --consul-addr")
-    source: ConfigSource = (
+    # Both ports share --host: the admin side (/canary commands) and Envoy's (access logs).
+    problems = exposure_problems(
+        admin_host=args.host,
+        token=admin_token(),
+        envoy_host=args.host,
+        tls=False,
+        insecure=args.insecure,
+    )
+    if problems:
+        raise ExposureError("refusing to start:\n  " + "\n  ".join(problems))
+    source: ConfigSource = OffLoopConfig(  # parsed off the loop that receives the logs
         ConsulConfig(args.consul_addr, args.consul_key)
         if args.consul_key
         else FileConfig(args.config)

@@ -79,8 +79,11 @@ class AlsService:
         store: StateStore | None = None,
         config: Callable[[], Config | None] = lambda: None,
         envoy_admin: Callable[[], str | None] = lambda: None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
+        """``credentials``: the receiver's TLS (None: plaintext, for loopback)."""
         self.settings = settings
+        self._credentials = credentials
         s = settings
         self.windows = Windows(slot_seconds=s.slot_seconds, horizon=s.horizon)
         sinks = []
@@ -112,7 +115,10 @@ class AlsService:
         s = self.settings
         self.sinks.start()
         self._server, self.port = await create_server(
-            self.pipeline, f"{s.host}:{s.port}", max_message_bytes=s.max_message_bytes
+            self.pipeline,
+            f"{s.host}:{s.port}",
+            max_message_bytes=s.max_message_bytes,
+            credentials=self._credentials,
         )
         self._tasks.append(asyncio.create_task(self.pipeline.run(), name="als-pipeline"))
         if self.controller is not None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from junction.admin import admin_token, token_middleware
 from junction.canary.api import CanaryApi
 from junction.canary.source import CanaryBoard, CanaryStateSource
 from junction.canary.store import StateStore
@@ -81,7 +82,7 @@ async def run_als(
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="OK\n")
 
-    app = web.Application()
+    app = web.Application(middlewares=[token_middleware(admin_token())])
     app.router.add_get("/healthz", healthz)
     service.add_routes(app)
     api.add_routes(app)

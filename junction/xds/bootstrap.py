@@ -34,6 +34,7 @@ from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from junction.xds.errors import XdsError
 from junction.xds.names import ALS_CLUSTER, EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER, XDS_CLUSTER
+from junction.xds.tls import TlsFiles, upstream_tls_socket
 from junction.xds.translate_cluster import ads_config_source, duration
 
 __all__ = [
@@ -92,6 +93,10 @@ class BootstrapOptions:
     extproc_port: int | None = 9002
     extproc_http_port: int | None = 9003
     delta: bool = False
+    #: mTLS to the xDS server and the ALS receiver (None: plaintext, for loopback).
+    tls: TlsFiles | None = None
+    #: SNI sent to them with ``tls`` (empty: none).
+    tls_server_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.node_id.strip():
@@ -139,6 +144,11 @@ def bootstrap_message(opts: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
     clusters = [_grpc_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port, keepalive=True)]
     if opts.als_port is not None:
         clusters.append(_grpc_cluster(ALS_CLUSTER, opts.als_host, opts.als_port))
+    if opts.tls is not None:
+        for cluster in clusters:  # junction_xds and junction_als: mutual TLS
+            cluster.transport_socket.CopyFrom(
+                upstream_tls_socket(opts.tls, opts.tls_server_name)
+            )
     if opts.extproc_port is not None:
         clusters.append(
             _grpc_cluster(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,17 +115,34 @@ class SnapshotCache:
         connected = [n for n in self.nodes() if n.connected]
         return bool(connected) and all(n.synced for n in connected)
 
-    def health_problems(self, snapshot_version: str | None = None) -> list[str]:
+    def health_problems(
+        self, snapshot_version: str | None = None, nodes: Collection[str] = ()
+    ) -> list[str]:
         """Why Envoy is not serving the newest config, one line each (empty when it is).
 
         ``snapshot_version`` is the version the caller considers newest (default: the
         cache's own); a node that has not caught up with it is reported.
+
+        ``nodes``: the node ids this control plane answers for (its managed Envoys). Only
+        they are judged, each must be connected and synced, and no other client can turn
+        the verdict. Empty: every connected node is judged, and at least one must be.
         """
         current = self._snapshot
         if current is None:
             return ["no snapshot to serve yet"]
         if snapshot_version is not None and snapshot_version != current.version:
             return [f"snapshot {snapshot_version} not handed to the xDS streams yet"]
+        if nodes:
+            statuses = [(node_id, self.node(node_id)) for node_id in sorted(set(nodes))]
+            return [
+                p
+                for node_id, status in statuses
+                for p in (
+                    [f"node {node_id}: never connected to xDS"]
+                    if status is None
+                    else status.problems()
+                )
+            ]
         connected = [n for n in self.nodes() if n.connected]
         if not connected:
             return ["no Envoy connected to xDS"]

@@ -56,7 +56,8 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    changes_node: ClassVar[bool] = False
+    # An older open stream of the node may take this one's types back: wake them.
+    changes_node: ClassVar[bool] = True
     node_id: str
     kind: StreamKind
 

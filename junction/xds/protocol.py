@@ -178,6 +178,9 @@ class StreamCore(ABC, Generic[Q, R]):
         self._prefix = _default_prefix() if nonce_prefix is None else nonce_prefix
         self._nonces = itertools.count(1)
         self._claimed: set[str] = set()
+        #: This stream's own type state per type, kept while a newer stream holds the
+        #: type, so the type can come back here when that stream closes (_reclaim).
+        self._mine: dict[str, StreamTypeState] = {}
         self._closed = False
 
     @property
@@ -251,7 +254,20 @@ class StreamCore(ABC, Generic[Q, R]):
     def _claim(self, ts: TypeState) -> StreamTypeState:
         """This stream now serves ``ts``'s type for the node (a fresh subscription)."""
         self._claimed.add(ts.type_url)
-        return ts.claim(self.id)
+        st = self._mine[ts.type_url] = ts.claim(self.id)
+        return st
+
+    def _reclaim(self, type_url: str) -> StreamTypeState | None:
+        """Take ``type_url`` back if the newer stream that took it has closed and this is
+        now the newest open stream of the node that subscribed to it (see
+        :meth:`TypeState.reclaim`)."""
+        assert self.node is not None
+        mine = self._mine.get(type_url)
+        if mine is None or not self.node.types[type_url].reclaim(
+            self.id, mine, delta=self.kind.delta
+        ):
+            return None
+        return mine
 
     def _lost(self, type_url: str) -> bool:
         """True if this stream served the type once but a newer stream took it."""
@@ -270,7 +286,7 @@ class StreamCore(ABC, Generic[Q, R]):
         out: list[R] = []
         view: View | None = None
         for t in self._types():
-            st = self._owned(t)
+            st = self._owned(t) or self._reclaim(t)
             if st is None:
                 continue
             ts = node.types[t]

@@ -167,11 +167,15 @@ def selection(
 def type_status(ts: TypeState, latest: str | None) -> TypeStatus:
     """``ts`` as plain data; ``latest`` is the newest snapshot's version (None: none yet)."""
     st = ts.stream
-    subscribed = st is not None and st.sub.active
+    # No stream serves the type but an older open one will take it back: not in sync
+    # until that stream's Envoy ACKs.
+    handing_over = st is None and bool(ts.claimants)
+    subscribed = (st is not None and st.sub.active) or handing_over
     awaiting = st is not None and st.awaiting
     last = ts.last_sent
     in_sync = not subscribed or (
-        latest is not None
+        not handing_over
+        and latest is not None
         and ts.snapshot_version == latest
         and not awaiting
         and not ts.waiting

@@ -18,6 +18,8 @@ an ACK on one stream wakes the node's other streams.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -30,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from junction.xds.cache import SnapshotCache, Watch
 from junction.xds.errors import XdsError
+from junction.xds.limits import LimitExceeded, XdsLimits, check_request
 from junction.xds.protocol import (
     Ack,
     Connected,
@@ -50,6 +53,7 @@ from junction.xds.protocol import (
 from junction.xds.protocol_delta import DeltaStream
 from junction.xds.protocol_sotw import SotwStream
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type
+from junction.xds.tls import TlsFiles, peer_identities
 
 __all__ = ["OnEvents", "OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
 
@@ -91,9 +95,10 @@ class XdsServerError(XdsError):
 
 @dataclass(frozen=True)
 class _Garbage:
-    """Stands in for a request whose bytes did not decode."""
+    """Stands in for a request whose bytes did not decode (or that was too large)."""
 
     error: str
+    too_large: bool = False
 
 
 class _Tick:
@@ -105,11 +110,17 @@ _EOF = object()
 _STOP = object()
 
 
-def _lenient(message: type[Message]) -> Callable[[bytes], object]:
+def _lenient(message: type[Message], max_bytes: int) -> Callable[[bytes], object]:
     """A deserializer that turns undecodable bytes into a clear protocol error later,
-    instead of grpc's generic "Exception deserializing request!"."""
+    instead of grpc's generic "Exception deserializing request!"; and a request over
+    ``max_bytes`` into a named, counted refusal (gRPC's own cap, above it, is the backstop
+    that nothing can count)."""
 
     def parse(data: bytes) -> object:
+        if len(data) > max_bytes:
+            return _Garbage(
+                f"request is {len(data):,} bytes; the limit is {max_bytes:,}", too_large=True
+            )
         try:
             return message.FromString(data)
         except (DecodeError, ValueError) as exc:
@@ -139,11 +150,26 @@ class XdsServicer:
         *,
         on_send: OnSend | None = None,
         on_events: OnEvents | None = None,
+        require_node_identity: bool = False,
+        limits: XdsLimits | None = None,
     ) -> None:
+        """``require_node_identity``: a stream's node id must be one of its client
+        certificate's subject alternative names (mTLS), else PERMISSION_DENIED.
+        ``limits``: what one client may cost (:class:`~junction.xds.limits.XdsLimits`)."""
+        self.limits = limits or XdsLimits()
         self.cache = cache
         self._on_send = on_send
         self._on_events = on_events
+        self._require_identity = require_node_identity
+        #: Streams refused, by reason (for /status): what hostile clients tried.
+        self.refused: collections.Counter[str] = collections.Counter()
+        self._aborts: set[asyncio.Task[None]] = set()
         self._queues: set[asyncio.Queue[object]] = set()
+
+    @property
+    def open_streams(self) -> int:
+        """xDS streams being served now (bounded by ``limits.max_streams``)."""
+        return len(self._queues)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = []
@@ -151,12 +177,16 @@ class XdsServicer:
             methods = {
                 sotw: grpc.stream_stream_rpc_method_handler(
                     self._behaviour(False, type_url),
-                    request_deserializer=_lenient(discovery_pb2.DiscoveryRequest),
+                    request_deserializer=_lenient(
+                        discovery_pb2.DiscoveryRequest, self.limits.max_request_bytes
+                    ),
                     response_serializer=self._serializer(discovery_pb2.DiscoveryResponse),
                 ),
                 delta: grpc.stream_stream_rpc_method_handler(
                     self._behaviour(True, type_url),
-                    request_deserializer=_lenient(discovery_pb2.DeltaDiscoveryRequest),
+                    request_deserializer=_lenient(
+                        discovery_pb2.DeltaDiscoveryRequest, self.limits.max_request_bytes
+                    ),
                     response_serializer=self._serializer(discovery_pb2.DeltaDiscoveryResponse),
                 ),
             }
@@ -206,7 +236,18 @@ class XdsServicer:
             if delta
             else SotwStream(self.cache.registry, type_url)
         )
+        limits = self.limits
+        if len(self._queues) >= limits.max_streams:
+            self.refused["too_many_streams"] += 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(self._queues):,} xDS streams are open; the limit is {limits.max_streams:,}",
+            )
         queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queues.add(queue)  # at once, before any await: the count above stays exact
+        # Requests read ahead are bounded: past it the reader waits, and HTTP/2 flow
+        # control pushes back on the client. (Wake-ups are not requests: at most one.)
+        slots = asyncio.Semaphore(limits.max_pending_requests)
         ticked = False
 
         def tick() -> None:
@@ -218,6 +259,7 @@ class XdsServicer:
         async def read() -> None:
             try:
                 async for request in requests:
+                    await slots.acquire()
                     queue.put_nowait(request)
             except asyncio.CancelledError:
                 raise
@@ -225,11 +267,16 @@ class XdsServicer:
                 log.debug("stream %d: read ended: %r", core.id, exc)
             queue.put_nowait(_EOF)
 
-        self._queues.add(queue)
         reader = asyncio.create_task(read())
         watch: Watch | None = None
         peer = context.peer()
+        identities = (
+            peer_identities(context.auth_context()) if self._require_identity else None
+        )
         try:
+            # Headers first, on their own: a later abort (a client that never reads, see
+            # _stalled) then reaches the client even while the first response is stuck.
+            await context.send_initial_metadata(())
             while True:
                 item = await queue.get()
                 if item is _EOF or item is _STOP:
@@ -238,17 +285,42 @@ class XdsServicer:
                     ticked = False
                     out = core.update(self.cache.snapshot)
                 elif isinstance(item, _Garbage):
+                    if item.too_large:
+                        raise LimitExceeded("request_too_large", item.error)
                     raise MalformedRequest(item.error)
                 elif isinstance(item, core.request_type):
+                    slots.release()
+                    if identities is not None:
+                        _check_identity(item, identities)
+                    if check_request(item, limits):
+                        self.refused["error_detail_truncated"] += 1
                     out = core.receive(item, self.cache.snapshot)
+                    _check_subscriptions(core, limits)
                 else:  # pragma: no cover - the deserializer decides the type
                     raise MalformedRequest(f"unexpected request type {type(item).__name__}")
                 if watch is None and core.node_id is not None:
                     watch = self.cache.watch(core.node_id, tick)
                 self._after(core, out, watch, peer)
                 for response in out.responses:
-                    yield response
+                    # A client that never reads fills its flow-control window and this
+                    # send waits; past send_timeout the stream is ended from outside.
+                    stalled = asyncio.get_running_loop().call_later(
+                        limits.send_timeout, self._stalled, context, core
+                    )
+                    try:
+                        yield response
+                    finally:
+                        stalled.cancel()
+        except LimitExceeded as exc:
+            self.refused[exc.reason] += 1
+            log.warning("node %s (%s): stream refused: %s", core.node_id or "?", peer, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Impersonation as exc:
+            self.refused["impersonation"] += 1
+            log.warning("stream %d (%s): refused: %s", core.id, peer, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except XdsProtocolError as exc:
+            self.refused[_REASONS.get(type(exc).__name__, "protocol_error")] += 1
             node = core.node_id or "?"
             log.warning("node %s (%s, %s): stream rejected: %s", node, core.kind, peer, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -262,6 +334,23 @@ class XdsServicer:
                 watch.close()
             self._after(core, core.close(), None, peer)
 
+    def _stalled(self, context: grpc.aio.ServicerContext[Any, Any], core: Any) -> None:
+        """A response waited ``send_timeout`` for the client to read: end the stream (an
+        abort from another task reaches the client once it reads what was buffered)."""
+        self.refused["not_reading"] += 1
+        message = (
+            f"responses not read for {self.limits.send_timeout:g} s "
+            "(the client's flow-control window stayed full); stream ended"
+        )
+        log.warning("node %s: %s", core.node_id or "?", message)
+
+        async def abort() -> None:
+            with contextlib.suppress(Exception):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+        self._aborts.add(task := asyncio.get_running_loop().create_task(abort()))
+        task.add_done_callback(self._aborts.discard)
+
     def _after(
         self, core: StreamCore[Any, Any], out: Output[Any], watch: Watch | None, peer: str
     ) -> None:
@@ -273,6 +362,46 @@ class XdsServicer:
             _log_event(node, core, event, peer)
         if out.node_changed and core.node_id is not None:
             self.cache.notify_node(core.node_id, watch)
+
+
+#: /status counter keys of the protocol errors (by exception class name).
+_REASONS = {
+    "UnknownTypeUrl": "unknown_type_url",
+    "MalformedRequest": "malformed_request",
+    "MissingNode": "missing_node",
+    "NodeChanged": "node_changed",
+}
+
+
+class Impersonation(XdsError):
+    """A node id that the client certificate does not name (``--require-node-identity``)."""
+
+
+def _check_identity(request: Any, identities: frozenset[str]) -> None:
+    """Checked before the core sees the request: an impersonating stream must not touch
+    the real node's state (claiming its types would supersede the real stream)."""
+    node_id = request.node.id if request.HasField("node") else ""
+    if node_id and node_id not in identities:
+        names = ", ".join(sorted(identities)) or "none"
+        raise Impersonation(
+            f"node id {node_id!r} is not named by the client certificate "
+            f"(subject alternative names: {names})"
+        )
+
+
+def _check_subscriptions(core: StreamCore[Any, Any], limits: XdsLimits) -> None:
+    """Delta subscriptions add up over requests: bound what one stream holds too."""
+    node = core.node
+    if node is None:
+        return
+    for ts in node.types.values():
+        st = ts.stream
+        if st is not None and st.owner == core.id and len(st.sub.names) > limits.max_resource_names:
+            raise LimitExceeded(
+                "too_many_resource_names",
+                f"stream subscribes to {len(st.sub.names):,} {short_type(ts.type_url)} "
+                f"resources; the limit is {limits.max_resource_names:,}",
+            )
 
 
 def _log_event(node: str, core: StreamCore[Any, Any], event: Event, peer: str) -> None:
@@ -352,18 +481,36 @@ async def create_server(
     *,
     on_send: OnSend | None = None,
     on_events: OnEvents | None = None,
+    tls: TlsFiles | None = None,
+    require_node_identity: bool = False,
+    limits: XdsLimits | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start an xDS server for ``cache`` on ``address``; returns it and the bound port.
 
     Stop it with ``await server.stop(grace)``: open streams end at once (Envoy reconnects),
     in-flight sends get ``grace`` seconds. ``on_send``, ``on_events``: see
-    :class:`XdsServicer`.
+    :class:`XdsServicer`. ``tls``: mutual TLS, client certificates required (None:
+    plaintext, for loopback); ``require_node_identity``: see :class:`XdsServicer` (needs
+    ``tls``).
     """
-    servicer = XdsServicer(cache, on_send=on_send, on_events=on_events)
-    server = XdsServer(grpc.aio.server(), servicer)
+    if require_node_identity and tls is None:
+        raise XdsServerError("--require-node-identity needs TLS (--tls-cert/--tls-key/--tls-ca)")
+    servicer = XdsServicer(
+        cache,
+        on_send=on_send,
+        on_events=on_events,
+        require_node_identity=require_node_identity,
+        limits=limits,
+    )
+    options = servicer.limits.grpc_options()
+    server = XdsServer(grpc.aio.server(options=options), servicer)
     server.add_generic_rpc_handlers(tuple(servicer.generic_handlers()))
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_insecure_port(address)
+            if tls is None
+            else server.add_secure_port(address, tls.server_credentials())
+        )
     except RuntimeError as exc:
         raise XdsServerError(f"cannot listen for xDS on {address}: {exc}") from exc
     if port == 0:

@@ -65,6 +65,15 @@ class StreamTypeState:
     #: with that (immutable) mapping: computed once per snapshot, not once per response.
     target_versions: tuple[Mapping[str, Resource], dict[str, str]] | None = None
 
+    def forget_sent(self, *, delta: bool) -> None:
+        """Nothing sent on this stream counts any more: the next response carries the whole
+        target. (Delta: every name the node may hold stays known, so what left the target
+        is removed, but none of their versions: each is sent again.)"""
+        self.awaiting, self.inflight, self.nonce, self.restore = False, None, "", None
+        if delta:
+            self.client = dict.fromkeys(self.client, "")
+            self.target_versions = None
+
     def versions_of(self, resources: Mapping[str, Resource]) -> dict[str, str]:
         """``name -> version`` of ``resources``, which must be immutable (a snapshot's own
         mapping): remembered by identity for the next call with the same object."""
@@ -147,6 +156,10 @@ class TypeState:
     snapshot_version: str = ""
     waiting: frozenset[str] = frozenset()
     stream: StreamTypeState | None = None
+    #: Ids of the open streams of the node that subscribed to this type, oldest first:
+    #: the last one serves it (``stream``); when it closes, the one before takes over
+    #: (:meth:`reclaim`).
+    claimants: list[int] = field(default_factory=list)
     #: Bumped by every transition that changes :meth:`holding` (see :meth:`held_token`).
     generation: int = 0
 
@@ -195,14 +208,44 @@ class TypeState:
     # ---- transitions: ownership and target ------------------------------------------------
 
     def claim(self, owner: int) -> StreamTypeState:
-        """Stream ``owner`` now serves this type for the node, with a fresh subscription."""
+        """Stream ``owner`` now serves this type for the node, with a fresh subscription
+        (and is the newest of its claimants)."""
         self.stream = st = StreamTypeState(owner=owner)
+        if owner in self.claimants:
+            self.claimants.remove(owner)
+        self.claimants.append(owner)
         return st
 
     def release(self, owner: int) -> None:
-        """Stream ``owner`` ended; the node's state stays for a reconnect."""
+        """Stream ``owner`` ended; the node's state stays for a reconnect.
+
+        A closed stream's answers no longer count (its NACK, the versions it refused): an
+        older stream of the node that is still open takes the type back (:meth:`reclaim`)
+        and is judged on its own answers."""
+        if owner in self.claimants:
+            self.claimants.remove(owner)
         if self.owned_by(owner) is not None:
             self.stream = None
+            self.nack = None
+            self.poisoned_versions.clear()
+            self.poisoned_resources.clear()
+            self.poisoned_removals.clear()
+
+    def reclaim(self, owner: int, mine: StreamTypeState, *, delta: bool) -> bool:
+        """Give the type back to stream ``owner`` (its earlier state ``mine``) if the newer
+        stream that took it has closed and ``owner`` is now the newest open claimant.
+
+        What the node holds is then unknown (the other stream's ACKs may have been another
+        process's: a copied bootstrap, an overlapping reconnect), so ``mine`` is reset to
+        send the whole target again under a fresh nonce; the answer decides its state."""
+        if self.stream is not None or self.claimants[-1:] != [owner] or mine.owner != owner:
+            return False
+        mine.forget_sent(delta=delta)
+        self.stream = mine
+        self.pending.clear()
+        self._set_acked({}, {})
+        self.acked_version = ""
+        return True
 
     def retarget(self, snapshot_version: str, target_version: str, waiting: frozenset[str]) -> None:
         """The newest snapshot would give the node ``target_version``; ``waiting`` is held

@@ -90,6 +90,7 @@ route:
     web-api-perl: {{prefix: ["/api"], weight: 90}}
     web-api-go:   {{prefix: ["/api"], weight: 10}}
     web-asset:    {{prefix: ["/asset"], weight: 100}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}, web-asset: {{}}}}}}
 """
 DECISIONS = """\
 versions:

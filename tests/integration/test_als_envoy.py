@@ -42,6 +42,7 @@ route:
   cluster:
     web-api-perl: {{prefix: ["/api"], weight: 50}}
     web-api-go:   {{prefix: ["/api"], weight: 50}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 """
 
 

@@ -27,6 +27,7 @@ route:
   cluster:
     web-api-perl: {{prefix: ["/api"], weight: {perl}}}
     web-api-go:   {{prefix: ["/api"], weight: {go}}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 """
 
 

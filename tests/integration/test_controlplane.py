@@ -46,6 +46,8 @@ cluster:
         interval: 0.2
         healthy: 1
         unhealthy: 2
+    web-api-go: {{}}
+    web-asset: {{}}
 endpoint:
   eds:
     web-api-perl: {{protocol: tcp, balancing-policy: locality}}
@@ -281,6 +283,7 @@ async def test_healthz_ok_maintenance_and_no_healthy_host(tmp_path: Path) -> Non
     config.write_text(
         f"listener: {{listen: {{address: 127.0.0.1, port: {listener}}}}}\n"
         "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+        "cluster: {loadbalancer: {web-api-go: {}}}\n"
     )
     instances = tmp_path / "instances.yaml"
     instances.write_text(f"services: {{web-api-go: [{{address: 127.0.0.1, port: {port}}}]}}\n")
@@ -327,7 +330,10 @@ async def test_envoy_nack_is_recorded_and_previous_version_stays(
     listener = free_port()
     port = free_port()
     config = tmp_path / "config.yaml"
-    body = "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+    body = (
+        "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+        "cluster: {loadbalancer: {web-api-go: {}}}\n"
+    )
     config.write_text(f"listener: {{listen: {{address: 127.0.0.1, port: {listener}}}}}\n{body}")
     instances = tmp_path / "instances.yaml"
     instances.write_text(f"services: {{web-api-go: [{{address: 127.0.0.1, port: {port}}}]}}\n")
@@ -376,6 +382,7 @@ async def test_sigterm_stops_envoy_too(tmp_path: Path) -> None:
     config.write_text(
         f"listener: {{listen: {{address: 127.0.0.1, port: {listener}}}}}\n"
         "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+        "cluster: {loadbalancer: {web-api-go: {}}}\n"
     )
     instances = tmp_path / "instances.yaml"
     instances.write_text("services: {}\n")
@@ -403,6 +410,7 @@ async def test_sigkill_leaves_no_orphan_envoy(tmp_path: Path) -> None:
     config.write_text(
         f"listener: {{listen: {{address: 127.0.0.1, port: {listener}}}}}\n"
         "route: {domain: [example.com], cluster: {web-api-go: {prefix: [/]}}}\n"
+        "cluster: {loadbalancer: {web-api-go: {}}}\n"
     )
     instances = tmp_path / "instances.yaml"
     instances.write_text("services: {}\n")

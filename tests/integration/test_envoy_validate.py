@@ -67,6 +67,7 @@ route:
       empty:   {prefix: ["/empty"]}
 cluster:
   loadbalancer:
+    empty: {}
     rr: {lb-policy: round-robin}
     lr:
       lb-policy: least-request

@@ -246,3 +246,34 @@ def test_options_are_frozen() -> None:
     o = opts()
     with pytest.raises(AttributeError):
         o.xds_port = 1  # type: ignore[misc]
+
+
+def test_tls_flags_put_an_mtls_socket_on_the_xds_and_als_clusters_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    from junction.cli import main
+
+    tls = ["--tls-cert", "/etc/e.pem", "--tls-key", "/etc/e.key", "--tls-ca", "/etc/ca.pem"]
+    assert main(["bootstrap", "--node-id", "edge-a", *tls, "--tls-server-name", "cp"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    message = json_format.ParseDict(doc, bootstrap_pb2.Bootstrap())
+    by_name = {c.name: c for c in message.static_resources.clusters}
+    for name in (XDS_CLUSTER, ALS_CLUSTER):
+        socket = by_name[name].transport_socket
+        assert socket.name == "envoy.transport_sockets.tls"
+        context = tls_pb2.UpstreamTlsContext()
+        assert socket.typed_config.Unpack(context)
+        common = context.common_tls_context
+        [cert] = common.tls_certificates
+        assert (cert.certificate_chain.filename, cert.private_key.filename) == (
+            "/etc/e.pem",
+            "/etc/e.key",
+        )
+        assert common.validation_context.trusted_ca.filename == "/etc/ca.pem"
+        assert list(common.alpn_protocols) == ["h2"] and context.sni == "cp"
+    for name in (EXTPROC_CLUSTER, EXTPROC_HTTP_CLUSTER):  # on the Envoy's own host
+        assert not by_name[name].HasField("transport_socket")
+    assert main(["bootstrap", "--tls-cert", "/etc/e.pem"]) == 1
+    assert "give all three" in capsys.readouterr().err

@@ -25,6 +25,8 @@ route:
       web-api-perl: {prefix: [/api], weight: 50}
       web-api-go: {prefix: [/api], weight: 30}
       web-api-rust: {prefix: [/api], weight: 20}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}, web-asset: {}, web-api-rust: {}}
 versions:
   web-api:
     default: perl

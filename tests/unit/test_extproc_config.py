@@ -18,6 +18,7 @@ route:
     web-api-perl: {prefix: ["/api"], weight: 90}
     web-api-go:   {prefix: ["/api"], weight: 10}
     web-asset:    {prefix: ["/asset"]}
+cluster: {loadbalancer: {web-api-perl: {}, web-api-go: {}, web-asset: {}}}
 """
 
 FULL = (
@@ -107,21 +108,21 @@ def test_defaults() -> None:
     [
         (
             "versions: {web-api: {default: java, clusters: {perl: web-api-perl}}}",
-            "line 9: versions.web-api: default 'java' is not one of clusters' versions",
+            "line 10: versions.web-api: default 'java' is not one of clusters' versions",
         ),
         (
             "versions: {web-api: {default: perl, clusters: {perl: web-api-perl}, pin: {}}}",
-            "line 9: versions.web-api.pin.trust: required key is missing",
+            "line 10: versions.web-api.pin.trust: required key is missing",
         ),
         (
             "versions: {web-api: {default: perl, clusters: {perl: web-api-perl},"
             " pin: {trust: cidr}}}",
-            "line 9: versions.web-api.pin: trust: cidr needs trusted-cidrs",
+            "line 10: versions.web-api.pin: trust: cidr needs trusted-cidrs",
         ),
         (
             "versions: {web-api: {default: perl, clusters: {perl: web-api-perl},"
             " pin: {trust: hmac}}}",
-            "line 9: versions.web-api.pin: trust: hmac needs hmac-key-env (the key is read from there)",
+            "line 10: versions.web-api.pin: trust: hmac needs hmac-key-env (the key is read from there)",
         ),
         (
             "versions: {web-api: {default: perl, clusters: {perl: web-api-perl},"

@@ -35,6 +35,8 @@ experiments:
     match: {prefix: /api/feed}
     sticky-cookie: {name: jx-feed}
     arms: {treatment: {weight: 100, version: go}}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}}
 """
 
 

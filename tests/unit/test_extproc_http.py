@@ -38,6 +38,8 @@ experiments:
     match: {prefix: /api/feed}
     sticky-cookie: {name: jx-feed}
     arms: {control: {weight: 100}}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}}
 """
 
 

@@ -40,6 +40,8 @@ experiments:
     match: {prefix: /api}
     key: {header: x-user-id}
     arms: {a: {weight: 50}, b: {weight: 50, version: go}}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}}
 """
 
 INSTANCES = """\

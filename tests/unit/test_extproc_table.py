@@ -49,6 +49,8 @@ experiments:
     match: {prefix: /other, headers: {x-client: ios}}
     key: {cookie: uid}
     arms: {shown: {weight: 30}}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}, web-asset: {}, web-other: {}, web-qa: {}}
 """
 
 

@@ -39,6 +39,8 @@ route:
   - domain: ["qa.example.com"]
     cluster:
       web-qa: {prefix: ["/"]}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}, web-asset: {}, web-qa: {}}
 """
 
 VERSIONS = """\

@@ -27,6 +27,8 @@ route:
   cluster:
     web-api-perl: {prefix: [/api], weight: 90}
     web-api-go: {prefix: [/api], weight: 10}
+cluster:
+  loadbalancer: {web-api-perl: {}, web-api-go: {}}
 """
 GO = (Instance("127.0.0.1", 9001),)
 PERL = (Instance("127.0.0.1", 9002), Instance("127.0.0.1", 9003))

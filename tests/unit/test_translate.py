@@ -64,7 +64,7 @@ def seed_catalog() -> Catalog:
     return Catalog(load_instances(path.read_text(), str(path)))
 
 
-MINIMAL = """
+ROUTES = """
 listener:
   listen: {address: 0.0.0.0, port: 8080}
 route:
@@ -72,14 +72,13 @@ route:
   cluster:
     svc: {prefix: ["/"]}
 """
+MINIMAL = ROUTES + "cluster: {loadbalancer: {svc: {}}}\n"
 
 
 def with_cluster(extra: str, *, endpoint: str = "") -> Config:
-    """MINIMAL plus a ``cluster.loadbalancer.svc`` body (and an ``endpoint.eds.svc`` body)."""
-    text = (
-        MINIMAL
-        + "cluster:\n  loadbalancer:\n    svc:\n"
-        + textwrap.indent(textwrap.dedent(extra), "      ")
+    """ROUTES plus a ``cluster.loadbalancer.svc`` body (and an ``endpoint.eds.svc`` body)."""
+    text = ROUTES + "cluster:\n  loadbalancer:\n    svc:\n" + textwrap.indent(
+        textwrap.dedent(extra), "      "
     )
     if endpoint:
         text += "endpoint:\n  eds:\n    svc:\n" + textwrap.indent(
@@ -242,6 +241,7 @@ def test_single_cluster_with_partial_weight_takes_all_traffic_and_zero_weight_is
             old: {prefix: ["/x"], weight: 100}
             new: {prefix: ["/x"], weight: 0}
             solo: {prefix: ["/y"], weight: 30}
+        cluster: {loadbalancer: {old: {}, new: {}, solo: {}}}
         """
     )
     routes = {r.match.prefix: r.route for r in all_routes(translate(cfg, Catalog()))}
@@ -264,6 +264,7 @@ def test_longest_prefix_first() -> None:
             api: {prefix: ["/api", "/b"]}
             hot: {prefix: ["/api/foobar"]}
             assets: {prefix: ["/asset"]}
+        cluster: {loadbalancer: {root: {}, api: {}, hot: {}, assets: {}}}
         """
     )
     got = [(r.match.prefix, r.route.cluster, r.name) for r in all_routes(translate(cfg, Catalog()))]
@@ -289,6 +290,7 @@ def test_virtual_hosts_one_per_route_block_with_their_domains() -> None:
           - domain: ["qa2.example"]
             cluster:
               app-qa2: {prefix: ["/"]}
+        cluster: {loadbalancer: {app-qa1: {}, app-qa2: {}}}
         """
     )
     rc = the_routes(translate(cfg, Catalog()))
@@ -314,6 +316,7 @@ def test_host_header_rewrites_host_on_every_route_of_its_block_only() -> None:
           - domain: ["qa2.example"]
             cluster:
               b: {prefix: ["/"]}
+        cluster: {loadbalancer: {a: {}, b: {}}}
         """
     )
     rc = the_routes(translate(cfg, Catalog()))
@@ -336,6 +339,7 @@ def test_timeouts_map_to_hcm_routes_and_clusters() -> None:
           cluster:
             a: {prefix: ["/a"]}
             b: {prefix: ["/b"]}
+        cluster: {loadbalancer: {a: {}, b: {}}}
         """
     )
     snap = translate(cfg, Catalog())

@@ -25,6 +25,8 @@ route:
   cluster:
     a: {prefix: ["/a"]}
     b: {prefix: ["/b"]}
+cluster:
+  loadbalancer: {a: {}, b: {}}
 """
 
 
