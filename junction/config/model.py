@@ -37,6 +37,7 @@ __all__ = [
     "Listen",
     "ListenerConfig",
     "LoadBalancer",
+    "OutlierDetection",
     "PrefixRoute",
     "RouteBlock",
     "RouteCluster",
@@ -228,10 +229,38 @@ def _status_range(text: str) -> tuple[int, int] | None:
 LbPolicy = Literal["round-robin", "least-request", "random", "ring-hash", "maglev"]
 
 
+def _factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise PydanticCustomError("junction", "must be a number 0 < x <= 100 (Envoy's 1.9)")
+    return float(value)
+
+
+Percent100 = Annotated[int, _int_in(0, 100)]
+
+
+class OutlierDetection(_Model):
+    """Envoy passive health checking (``Cluster.outlier_detection``); every key optional,
+    an absent key keeps Envoy's default (see :mod:`junction.xds.translate_lb`)."""
+
+    consecutive_5xx: Annotated[int, _int_in(1, 1000)] | None = None
+    consecutive_gateway_failure: Annotated[int, _int_in(1, 1000)] | None = None
+    interval: Seconds | None = None
+    base_ejection_time: Seconds | None = None
+    max_ejection_time: Seconds | None = None
+    max_ejection_percent: Percent100 | None = None
+    success_rate_minimum_hosts: Annotated[int, _int_in(1, 10_000)] | None = None
+    success_rate_request_volume: Annotated[int, _int_in(1, 1_000_000)] | None = None
+    #: Ejected below mean - factor * stdev of the hosts' success rates (Envoy: 1.9).
+    success_rate_stdev_factor: Annotated[float, BeforeValidator(_factor)] | None = None
+    #: Percent of success-rate outliers actually ejected (Envoy: 100; 0 turns it off).
+    enforcing_success_rate: Percent100 | None = None
+
+
 class LoadBalancer(_Model):
     lb_policy: LbPolicy = "round-robin"
     discovery: Literal["eds"] = "eds"
     health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 class ClusterSection(_Model):
