@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -41,6 +42,7 @@ __all__ = [
     "PrefixRoute",
     "RouteBlock",
     "RouteCluster",
+    "SlowStart",
     "Timeouts",
     "VirtualHost",
     "group_by_prefix",
@@ -227,12 +229,22 @@ def _status_range(text: str) -> tuple[int, int] | None:
 
 
 LbPolicy = Literal["round-robin", "least-request", "random", "ring-hash", "maglev"]
+#: The policies Envoy can warm new hosts up with (``slow_start_config``).
+SLOW_START_POLICIES = ("round-robin", "least-request")
 
 
 def _factor(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
         raise PydanticCustomError("junction", "must be a number 0 < x <= 100 (Envoy's 1.9)")
     return float(value)
+
+
+def _aggression(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise PydanticCustomError("junction", "must be a number 0 < x <= 100 (1.0: linear)")
+    return float(value)
+
+
 
 
 Percent100 = Annotated[int, _int_in(0, 100)]
@@ -256,11 +268,31 @@ class OutlierDetection(_Model):
     enforcing_success_rate: Percent100 | None = None
 
 
+class SlowStart(_Model):
+    """Warm-up of new hosts (``slow_start_config`` of round-robin and least-request)."""
+
+    window: Seconds
+    aggression: Annotated[float, BeforeValidator(_aggression)] | None = None
+
+
 class LoadBalancer(_Model):
     lb_policy: LbPolicy = "round-robin"
     discovery: Literal["eds"] = "eds"
     health_check: HealthCheck | None = None
     outlier_detection: OutlierDetection | None = None
+    slow_start: SlowStart | None = None
+
+    @model_validator(mode="after")
+    def _slow_start_policy(self) -> LoadBalancer:
+        if self.slow_start is not None and self.lb_policy not in SLOW_START_POLICIES:
+            # Envoy has slow start only for these two (RoundRobinLbConfig and
+            # LeastRequestLbConfig); on the others it would silently do nothing.
+            raise PydanticCustomError(
+                "junction",
+                f"slow-start works with lb-policy round-robin or least-request, "
+                f"not {self.lb_policy}",
+            )
+        return self
 
 
 class ClusterSection(_Model):

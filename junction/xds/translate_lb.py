@@ -1,4 +1,4 @@
-"""Per-cluster load-balancing extras: outlier detection.
+"""Per-cluster load-balancing extras: outlier detection and slow start (warm-up).
 
 Pure, like the rest of translation. :func:`junction.xds.translate_cluster.build_cluster`
 calls :func:`apply_lb_extras` on every cluster it builds.
@@ -33,22 +33,36 @@ the next ``interval``. An ejected host shows in Envoy's admin ``/clusters`` with
 ``failed_outlier_check`` health flag, which :mod:`junction.envoy_admin` reads for /healthz
 (Envoy docs, "Outlier detection"; api v3 ``config/cluster/v3/outlier_detection.proto``).
 
+``slow-start: {window, aggression}`` -> ``round_robin_lb_config.slow_start_config`` or
+``least_request_lb_config.slow_start_config`` (``Cluster.SlowStartConfig``): a host new to
+the cluster (or newly healthy again) gets weight ``weight * max(min_weight, t/window) **
+(1/aggression)`` until ``window`` has passed, so its share ramps up instead of it getting
+its full share of requests while its caches and JIT are cold. ``aggression`` absent:
+Envoy's default 1.0 (linear). Validation refuses slow-start with other lb policies (Envoy
+implements it for these two only). Envoy docs, "Slow start mode".
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from junction.config.model import LoadBalancer, OutlierDetection
+from junction.config.model import LoadBalancer, OutlierDetection, SlowStart
 
-__all__ = ["apply_lb_extras", "outlier_detection"]
+__all__ = ["apply_lb_extras", "outlier_detection", "slow_start_config"]
 
 
 def apply_lb_extras(cluster: cluster_pb2.Cluster, lb: LoadBalancer) -> None:
-    """Add ``lb``'s outlier detection to ``cluster`` (in place)."""
+    """Add ``lb``'s outlier detection and slow start to ``cluster`` (in place)."""
     if lb.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection(lb.outlier_detection))
+    if lb.slow_start is not None:
+        config = slow_start_config(lb.slow_start, cluster.name)
+        if lb.lb_policy == "least-request":
+            cluster.least_request_lb_config.slow_start_config.CopyFrom(config)
+        else:  # round-robin: validation allows no other policy with slow-start
+            cluster.round_robin_lb_config.slow_start_config.CopyFrom(config)
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -89,3 +103,17 @@ def outlier_detection(od: OutlierDetection) -> outlier_detection_pb2.OutlierDete
     if od.enforcing_success_rate is not None:
         out.enforcing_success_rate.CopyFrom(_u32(od.enforcing_success_rate))
     return out
+
+
+def slow_start_config(ss: SlowStart, cluster: str) -> cluster_pb2.Cluster.SlowStartConfig:
+    """``SlowStartConfig`` for ``ss``; the aggression is a RuntimeDouble, whose runtime key
+    (required by Envoy) is named after the cluster so an operator could override it."""
+    config = cluster_pb2.Cluster.SlowStartConfig(slow_start_window=duration(ss.window))
+    if ss.aggression is not None:
+        config.aggression.CopyFrom(
+            base_pb2.RuntimeDouble(
+                default_value=ss.aggression,
+                runtime_key=f"junction.{cluster}.slow_start_aggression",
+            )
+        )
+    return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -104,3 +105,41 @@ async def test_outlier_detection_ejects_the_failing_instance(tmp_path: Path) -> 
 
         _, body = await until(healthz, lambda r: r[0] == 503)
         assert "cluster svc has no healthy host" in body, body
+
+
+async def test_slow_start_ramps_a_new_instance_up(tmp_path: Path) -> None:
+    """A joining instance gets far less than an equal share during the window, and an
+    equal share once the window is over.
+
+    Envoy scales a host's weight by max(10 %, (t/window) ** (1/aggression)) while it is in
+    its window (Envoy docs, "Slow start mode"); with window 10 s and aggression 0.2 the
+    factor stays at the 10 % floor for the first 6.3 s. Only a host whose window is over
+    has full weight, so the old instance must be older than the window first."""
+    window = 10.0
+    lb = f"      lb-policy: round-robin\n      slow-start: {{window: {window}, aggression: 0.2}}\n"
+    async with two_instances(tmp_path, lb, ["a"]) as two:
+        loop = asyncio.get_running_loop()
+        await until(lambda: drive(two.listener, "/x", count=20), lambda t: t.failures == 0)
+        a_joined = loop.time()  # no earlier than Envoy's own start of a's window
+        await asyncio.sleep(max(0.0, a_joined + window + 1 - loop.time()))
+        two.write_instances([two.a, two.b])
+        # b's window starts when Envoy adds the host: count from when its admin shows it.
+        await until(
+            lambda: two.junction.envoy_admin("/clusters?format=json"),
+            lambda c: host_of(c, two.b) is not None,
+            timeout=10,
+        )
+        joined = loop.time()
+        early = await drive(two.listener, "/x", count=1500, duration=5)
+        assert early.failures == 0
+        total = sum(early.ports.values())
+        share = early.ports[str(two.b)] / total
+        # An equal share is 50 %; at 10 % of a's weight b gets ~9 % of the requests.
+        # Bound: under 25 % with at least 100 requests (binomial sd under 3 %).
+        assert total >= 100, early
+        assert early.ports[str(two.b)] > 0 and share < 0.25, early.ports
+        # After the window: equal weights, round robin alternates.
+        await asyncio.sleep(max(0.0, joined + window + 1 - loop.time()))
+        late = await drive(two.listener, "/x", count=400)
+        assert late.failures == 0
+        assert 160 <= late.ports[str(two.b)] <= 240, late.ports

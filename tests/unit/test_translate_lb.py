@@ -110,6 +110,23 @@ def test_outlier_detection_absent_keys_keep_envoy_defaults() -> None:
             "outlier-detection: {success-rate-stdev-factor: .nan}\n",
             "outlier-detection.success-rate-stdev-factor: must be a number",
         ),
+        (
+            "slow-start: {window: 0}\n",
+            "cluster.loadbalancer.svc.slow-start.window: must be a number of seconds",
+        ),
+        ("slow-start: {}\n", "cluster.loadbalancer.svc.slow-start.window:"),
+        (
+            "slow-start: {window: 10, aggression: 0}\n",
+            "cluster.loadbalancer.svc.slow-start.aggression: must be a number",
+        ),
+        (
+            "slow-start: {window: 10, agression: 2}\n",
+            "cluster.loadbalancer.svc.slow-start.agression:",
+        ),
+        (
+            "lb-policy: ring-hash\nslow-start: {window: 10}\n",
+            "slow-start works with lb-policy round-robin or least-request, not ring-hash",
+        ),
     ],
 )
 def test_bad_values_are_named_by_path(body: str, expected: str) -> None:
@@ -122,6 +139,20 @@ def test_unknown_key_error_says_it_is_unknown() -> None:
     assert "consecutive-5xx" in message.split("consecutive-5xxx", 1)[1]  # the suggestion
 
 
+def test_slow_start_round_robin_and_least_request() -> None:
+    rr = the_cluster(with_lb("slow-start: {window: 30}\n"))
+    config = rr.round_robin_lb_config.slow_start_config
+    assert config.slow_start_window.seconds == 30
+    assert not config.HasField("aggression")  # Envoy's default 1.0
+    lr = the_cluster(with_lb("lb-policy: least-request\nslow-start: {window: 5, aggression: 2}\n"))
+    assert lr.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    config = lr.least_request_lb_config.slow_start_config
+    assert config.slow_start_window.seconds == 5
+    assert config.aggression.default_value == 2.0
+    assert config.aggression.runtime_key  # Envoy requires one
+    assert not lr.HasField("round_robin_lb_config")
+
+
 def test_envoy_accepts_the_clusters() -> None:
     """`envoy --mode validate` on a snapshot using every key (a real Envoy)."""
     cfg = with_lb(
@@ -131,6 +162,7 @@ def test_envoy_accepts_the_clusters() -> None:
           base-ejection-time: 5, max-ejection-time: 60, max-ejection-percent: 50,
           success-rate-minimum-hosts: 2, success-rate-request-volume: 10,
           success-rate-stdev-factor: 1.2, enforcing-success-rate: 90}
+        slow-start: {window: 10, aggression: 1.5}
         """
     )
     envoy_validate(translate(cfg, Catalog()))
