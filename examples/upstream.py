@@ -5,7 +5,8 @@
 Every response carries ``x-upstream-service`` and ``x-upstream-port``; the body is the
 service name. ``GET /health_check`` answers 200 until told otherwise:
 ``POST /_control?health=fail`` (or ``ok``) flips it, ``POST /_control?error_rate=0.2``
-makes that share of requests answer 500. Loopback only.
+makes that share of requests answer 500. ``?delay=S`` on any other request answers after S
+seconds (at most 30: a request in flight, for drain tests). Loopback only.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def make_app(name: str, port: int) -> web.Application:
         for echoed in ("x-junction-decision", "x-junction-version"):
             if echoed in request.headers:
                 headers[f"x-echo-{echoed}"] = request.headers[echoed]
+        if "delay" in request.query:
+            await asyncio.sleep(min(30.0, max(0.0, float(request.query["delay"]))))
         status = 500 if random.random() < float(state["error_rate"]) else 200
         return web.Response(status=status, text=f"{name}\n", headers=headers)
 

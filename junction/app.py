@@ -28,6 +28,9 @@ from junction.canary.store import make_store
 from junction.catalog.file import FileCatalog, FileConfig
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
+from junction.drain.api import DrainApi
+from junction.drain.source import DrainingCatalog, DrainSource
+from junction.drain.store import make_drain_store
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
@@ -124,6 +127,13 @@ class ControlPlane:
             with_access_log(DEFAULT_OPTIONS, settings.access_log) if settings.access_log else None
         )
         self.publisher = Publisher(self.cache, self.catalog_source, options=options)
+        # Drains (junction.drain): shared state in the same store as the canary's; the
+        # catalog's reports pass through DrainingCatalog, which marks drained instances.
+        self.drain_store = make_drain_store(
+            consul_addr=settings.consul_addr, state_dir=settings.state_dir
+        )
+        self.draining = DrainingCatalog(self.publisher)
+        self.drain_api = DrainApi(self.drain_store, self.draining)
         self.envoy: EnvoyProcess | None = None
         # Canary states: read by the publisher (route weights) and /canary; written by the
         # controller (in self.als) and the operator's commands, always through the store.
@@ -142,8 +152,8 @@ class ControlPlane:
             if settings.als is not None
             else None
         )
-        sections = {"canary": self.canary.status}
-        routes = [self.canary.add_routes]
+        sections = {"canary": self.canary.status, "drains": self.draining.status}
+        routes = [self.canary.add_routes, self.drain_api.add_routes]
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
@@ -176,11 +186,15 @@ class ControlPlane:
             await self.als.start()
         for coro in (
             self.publisher.run(),
-            self.catalog_source.run(self.publisher),
+            self.catalog_source.run(self.draining),
             self.config_source.run(self.publisher),
             CanaryStateSource(self.canary_store).run(self.canary_board),
+            DrainSource(self.drain_store).run(self.draining),
         ):
             self._tasks.append(asyncio.create_task(coro))
+        # Within the publisher's catalog_grace: serve without drains rather than nothing
+        # if the drain store cannot be read at start.
+        asyncio.get_running_loop().call_later(1.0, self.draining.release)
         log.info(
             "control plane up: xDS on %s:%d, status on http://%s:%d",
             s.host, self.xds_port, s.host, self.status.port,
@@ -237,6 +251,7 @@ class ControlPlane:
         if self.als is not None:
             await self.als.stop()
         await self.canary_store.close()
+        await self.drain_store.close()
         await self.status.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)

@@ -1,0 +1,98 @@
+"""``junction drain`` and ``junction maintenance-agent``: thin clients of the drain API.
+
+    junction drain SERVICE INSTANCE [--undo] [--reason TEXT] [--force] --http HOST:PORT
+    junction maintenance-agent --service S --instance I --http HOST:PORT [--metadata-url URL]
+
+``--http`` is a control plane's HTTP port (any replica: the drain goes to the shared store).
+When ``JUNCTION_ADMIN_TOKEN`` is set, every call sends ``Authorization: Bearer <token>``.
+``junction drain`` exits 0 on success, 1 when the API refuses (the reason is printed: e.g.
+the drain would leave the service with no healthy instance), 2 when the port cannot be
+reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TextIO
+
+__all__ = ["COMMANDS", "TOKEN_ENV", "add_parsers", "request", "run_drain"]
+
+#: The admin API's bearer token, when the control plane requires one.
+TOKEN_ENV = "JUNCTION_ADMIN_TOKEN"
+
+
+def request(
+    method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """One JSON call: ``(status, decoded body)``; raises ``urllib.error.URLError``/``OSError``
+    when the server cannot be reached."""
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, method=method, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            decoded = json.loads(raw or b"null")
+        except ValueError:
+            decoded = {"error": raw.decode(errors="replace").strip() or exc.reason}
+        return exc.code, decoded
+
+
+def drain_url(http: str, service: str, instance: str) -> str:
+    quote = urllib.parse.quote
+    return f"http://{http}/drain/{quote(service, safe='')}/{quote(instance, safe='')}"
+
+
+def run_drain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    url = drain_url(args.http, args.service, args.instance)
+    try:
+        if args.undo:
+            status, body = request("DELETE", url)
+        else:
+            status, body = request(
+                "POST", url, {"reason": args.reason, "force": args.force, "by": "operator"}
+            )
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"junction drain: cannot reach http://{args.http}: {exc}", file=sys.stderr)
+        return 2
+    if status != 200:
+        message = body.get("error") if isinstance(body, dict) else body
+        print(f"junction drain: {message}", file=sys.stderr)
+        return 1
+    if args.undo:
+        print(f"{args.instance} of {args.service}: undrained", file=out)
+    else:
+        print(f"{args.instance} of {args.service}: draining ({body.get('effect')})", file=out)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``drain``."""
+    d = sub.add_parser("drain", help="drain one instance (no new requests), or undo it")
+    d.add_argument("service", metavar="SERVICE", help="the service (cluster) name")
+    d.add_argument("instance", metavar="INSTANCE", help="Consul service ID, or ADDRESS:PORT")
+    d.add_argument("--undo", action="store_true", help="undrain")
+    d.add_argument("--reason", default="", help="shown in /status")
+    d.add_argument(
+        "--force", action="store_true",
+        help="drain even if it leaves the service without a healthy instance",
+    )  # fmt: skip
+    d.add_argument("--http", required=True, metavar="HOST:PORT", help="a control plane's port")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "drain": run_drain,
+}
