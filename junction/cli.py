@@ -11,7 +11,8 @@
     junction canary status|pause|resume|promote|abort [SERVICE] [--http HOST:PORT]
     junction report --log PATH [--events PATH] [--png OUT.png]
     junction drain SERVICE INSTANCE [--undo] [--reason TEXT] [--force] --http HOST:PORT
-                                          (junction.drain.cli)
+    junction maintenance-agent --service S --instance I --http HOST:PORT [--metadata-url URL]
+                                          (both: junction.drain.cli)
 
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).

@@ -80,7 +80,7 @@ def run_drain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``drain``."""
+    """``drain`` and ``maintenance-agent``."""
     d = sub.add_parser("drain", help="drain one instance (no new requests), or undo it")
     d.add_argument("service", metavar="SERVICE", help="the service (cluster) name")
     d.add_argument("instance", metavar="INSTANCE", help="Consul service ID, or ADDRESS:PORT")
@@ -91,8 +91,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="drain even if it leaves the service without a healthy instance",
     )  # fmt: skip
     d.add_argument("--http", required=True, metavar="HOST:PORT", help="a control plane's port")
+    m = sub.add_parser(
+        "maintenance-agent",
+        help="drain this instance while GCE announces a host maintenance event",
+    )
+    m.add_argument("--service", required=True)
+    m.add_argument("--instance", required=True, help="Consul service ID, or ADDRESS:PORT")
+    m.add_argument("--http", required=True, metavar="HOST:PORT", help="a control plane's port")
+    m.add_argument(
+        "--metadata-url", default="http://metadata.google.internal",
+        help="the metadata server (default http://metadata.google.internal)",
+    )  # fmt: skip
+    m.add_argument(
+        "--force", action="store_true",
+        help="drain even if it leaves the service without a healthy instance",
+    )  # fmt: skip
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from junction.drain.agent import run_agent
+
+    return run_agent(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "drain": run_drain,
+    "maintenance-agent": _agent,
 }
