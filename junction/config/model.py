@@ -32,6 +32,8 @@ __all__ = [
     "ClusterSection",
     "Config",
     "EdsEndpoint",
+    "EgressListen",
+    "EgressSection",
     "EndpointSection",
     "HealthCheck",
     "IpAddress",
@@ -315,6 +317,34 @@ class EndpointSection(_Model):
     eds: dict[str, EdsEndpoint] = {}
 
 
+# ---- egress --------------------------------------------------------------------------
+
+
+class EgressListen(_Model):
+    """Where the application sends its outbound calls. Loopback by default: a header on
+    this listener chooses versions, so it must not be reachable from outside."""
+
+    protocol: Literal["tcp"] = "tcp"
+    address: IpAddress = "127.0.0.1"
+    port: Port
+
+
+class EgressSection(_Model):
+    """A second listener for outbound calls to versioned services (see
+    :mod:`junction.xds.translate_egress`); ``services`` are names under ``versions``."""
+
+    listen: EgressListen
+    services: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _check_names(dict.fromkeys(value), "service")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("junction", "lists the same service twice")
+        return value
+
+
 # ---- the document --------------------------------------------------------------------
 
 
@@ -352,6 +382,8 @@ class Config(_Model):
     decision: _decisions.DecisionSettings = Field(
         default_factory=lambda: _decisions.DecisionSettings()
     )
+    # Versioned routing of the application's outbound calls (its own listener).
+    egress: EgressSection | None = None
 
     @field_validator("route", mode="before")
     @classmethod

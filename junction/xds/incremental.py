@@ -21,6 +21,7 @@ from junction.xds.translate import (
     build_route_configuration,
 )
 from junction.xds.translate_cluster import build_cluster, build_load_assignment
+from junction.xds.translate_egress import egress_resources
 
 __all__ = ["IncrementalTranslator"]
 
@@ -53,6 +54,10 @@ class IncrementalTranslator:
                     )
                 },
             }
+            # The egress listener and its routes (translate_egress), when configured.
+            listeners, route_configs = egress_resources(config, self._options.access_log)
+            self._static[LISTENER].update((n, Resource.of(n, m)) for n, m in listeners)
+            self._static[ROUTE].update((n, Resource.of(n, m)) for n, m in route_configs)
             self._endpoints = {}
             self._snapshot = None
             self._config = config

@@ -18,7 +18,9 @@ What it produces (xDS resource names in :mod:`junction.xds.names`):
   ``experiments``): the ext_proc filter, header-matched version routes and the per-route
   ext_proc switch (see :mod:`junction.xds.translate_extproc`);
 - per cluster name, a Cluster (EDS over ADS) and its ClusterLoadAssignment
-  (see :mod:`junction.xds.translate_cluster`).
+  (see :mod:`junction.xds.translate_cluster`);
+- with an ``egress`` section, a second Listener and RouteConfiguration for outbound calls
+  (see :mod:`junction.xds.translate_egress`).
 
 Timeout mapping (seconds in YAML, ``google.protobuf.Duration`` in Envoy):
 
@@ -72,6 +74,7 @@ from junction.xds.translate_cluster import (
     build_load_assignment,
     duration,
 )
+from junction.xds.translate_egress import egress_resources, guard_ingress
 from junction.xds.translate_extproc import (
     decision_routes,
     early_header_mutations,
@@ -131,14 +134,21 @@ def translate(
     snapshot (for mapping a NACK back to the document).
     """
     names = config.cluster_names()
+    egress_listeners, egress_routes = egress_resources(config, options.access_log)
     return Snapshot.build(
         {
             CLUSTER: [(n, build_cluster(config, n)) for n in names],
             ENDPOINT: [
                 (n, build_load_assignment(config, n, catalog.instances(n))) for n in names
             ],
-            LISTENER: [(LISTENER_NAME, build_listener(config, options))],
-            ROUTE: [(ROUTE_CONFIG_NAME, build_route_configuration(config))],
+            LISTENER: [
+                (LISTENER_NAME, build_listener(config, options)),
+                *egress_listeners,
+            ],
+            ROUTE: [
+                (ROUTE_CONFIG_NAME, build_route_configuration(config)),
+                *egress_routes,
+            ],
         },
         origin=origin,
         config_version=config_version,
@@ -227,7 +237,7 @@ def build_route_configuration(config: Config) -> route_pb2.RouteConfiguration:
     """The RDS resource: one virtual host per route block, in document order."""
     request_timeout = config.listener.timeout.request
     plans = plans_by_route(config)
-    return route_pb2.RouteConfiguration(
+    routes = route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             _virtual_host(config, vh, request_timeout, plans) for vh in config.virtual_hosts()
@@ -237,6 +247,8 @@ def build_route_configuration(config: Config) -> route_pb2.RouteConfiguration:
         # Unlike HCM strip_any_host_port, this leaves the Host header untouched.
         ignore_port_in_host_matching=True,
     )
+    # With an egress section: strip version headers the decision service does not set.
+    return guard_ingress(config, routes)
 
 
 def _virtual_host(
