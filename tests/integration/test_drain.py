@@ -11,8 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import consul.aio
 import pytest
 from conftest import until
+from consul_double import ConsulDouble
 from harness import ROOT, Junction, Tally, drive, free_port, junction_up, upstreams
 
 pytestmark = pytest.mark.slow
@@ -184,3 +186,58 @@ async def test_every_replica_applies_a_drain_and_it_survives_restarts(tmp_path: 
             status = await three.status()
             assert [d["reason"] for d in status["drains"]["drains"]] == ["migrate"]
     assert os.path.exists(state / "drain" / "drains.json")
+
+
+async def test_consul_mode_drain_is_shared_through_kv(tmp_path: Path) -> None:
+    """Two replicas (each with its own config key and Envoy) over one Consul: a drain by
+    service ID through one is a KV key under junction-state/drain/, applied by both."""
+    a, b = free_port(), free_port()
+    listeners = [free_port(), free_port()]
+    async with (
+        ConsulDouble() as double,
+        upstreams([("svc", a), ("svc", b)]),
+    ):
+        host, port = double.address.split(":")
+        client = consul.aio.Consul(host=host, port=int(port))
+        try:
+            for i, listener in enumerate(listeners):
+                await client.kv.put(f"junction/config-{i}", CONFIG.format(listener=listener))
+            await client.agent.service.register(
+                "svc", service_id="svc-a", address="127.0.0.1", port=a
+            )
+            await client.agent.service.register(
+                "svc", service_id="svc-b", address="127.0.0.1", port=b
+            )
+            # The agent registers TTL checks only when asked; no checks: passing.
+            homes = [tmp_path / "r0", tmp_path / "r1"]
+            for home in homes:
+                home.mkdir()
+            async with (
+                junction_up(homes[0], None, None, listener_port=listeners[0], extra=[
+                    "--consul-addr", double.address, "--consul-key", "junction/config-0"]) as one,
+                junction_up(homes[1], None, None, listener_port=listeners[1], extra=[
+                    "--consul-addr", double.address, "--consul-key", "junction/config-1"]) as two,
+            ):  # fmt: skip
+                await one.wait_acked()
+                await two.wait_acked()
+                await wait_eds(one, a, "HEALTHY")
+                await wait_eds(two, a, "HEALTHY")
+                code, _, err = await junction_cli(
+                    "drain", "svc", "svc-a", "--reason", "reboot",
+                    "--http", f"127.0.0.1:{one.http_port}",
+                )  # fmt: skip
+                assert code == 0, err
+                _, entry = await client.kv.get("junction-state/drain/svc/svc-a")
+                assert entry is not None and b'"reason":"reboot"' in entry["Value"]
+                await wait_eds(one, a, "DRAINING")
+                await wait_eds(two, a, "DRAINING")
+                assert (await two.status())["drains"]["store"] == "consul:junction-state/drain/"
+                code, _, err = await junction_cli(
+                    "drain", "svc", "svc-a", "--undo", "--http", f"127.0.0.1:{two.http_port}"
+                )
+                assert code == 0, err
+                await wait_eds(one, a, "HEALTHY")
+                await wait_eds(two, a, "HEALTHY")
+                assert (await client.kv.get("junction-state/drain/svc/svc-a"))[1] is None
+        finally:
+            await client.close()
