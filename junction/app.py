@@ -19,6 +19,9 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
 
 from junction.als.logger import AccessLogOptions, with_access_log
 from junction.als.service import AlsService, AlsSettings
@@ -31,6 +34,7 @@ from junction.config.model import Config
 from junction.drain.api import DrainApi
 from junction.drain.source import DrainingCatalog, DrainSource
 from junction.drain.store import make_drain_store
+from junction.envoy_admin import fetch_clusters, host_states
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
@@ -133,7 +137,7 @@ class ControlPlane:
             consul_addr=settings.consul_addr, state_dir=settings.state_dir
         )
         self.draining = DrainingCatalog(self.publisher)
-        self.drain_api = DrainApi(self.drain_store, self.draining)
+        self.drain_api = DrainApi(self.drain_store, self.draining, envoy_hosts=self._envoy_hosts)
         self.envoy: EnvoyProcess | None = None
         # Canary states: read by the publisher (route weights) and /canary; written by the
         # controller (in self.als) and the operator's commands, always through the store.
@@ -172,6 +176,17 @@ class ControlPlane:
 
     def _config(self) -> Config | None:
         return self.publisher.config
+
+    async def _envoy_hosts(self) -> dict[str, dict[str, Any]] | None:
+        """Envoy's view of every host (for drain checks); None when it cannot be read."""
+        admin = self._envoy_admin()
+        if not admin:
+            return None
+        try:
+            return host_states(await fetch_clusters(admin))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("Envoy admin %s unreadable (%s); drain checks use the catalog", admin, exc)
+            return None
 
     def _envoy_admin(self) -> str | None:
         if self.envoy is not None:

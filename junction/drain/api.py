@@ -14,7 +14,9 @@
 
 INSTANCE is the catalog's id of the instance (Consul's service ID) or ``ADDRESS:PORT``
 (URL-encoded in the path). Refused without ``force``: a drain that names no instance of the
-service, and one that would leave the service with no healthy instance. The drain is
+service, and one that would leave the service with no healthy instance (by the catalog,
+and by Envoy's admin API when the control plane knows its Envoy: a host failing its
+health checks or ejected as an outlier does not count as healthy). The drain is
 written to the shared store; this replica, like every other, applies it from its watch.
 Authentication (``Authorization: Bearer``) is the HTTP port's business, not this module's.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,7 +35,10 @@ from junction.drain.model import DrainError, DrainRecord, DrainRefused, check_na
 from junction.drain.source import DrainingCatalog
 from junction.drain.store import DrainStore, StoreUnavailable
 
-__all__ = ["DrainApi"]
+__all__ = ["DrainApi", "EnvoyHosts"]
+
+#: Envoy's view of the hosts (:func:`junction.envoy_admin.host_states`), None when unknown.
+EnvoyHosts = Callable[[], Awaitable[dict[str, dict[str, Any]] | None]]
 
 log = logging.getLogger("junction.drain")
 
@@ -56,11 +61,21 @@ class DrainApi:
         store: DrainStore,
         catalog: DrainingCatalog,
         *,
+        envoy_hosts: EnvoyHosts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self._envoy_hosts = envoy_hosts
         self._clock = clock
+
+    async def _envoy_view(self, service: str) -> dict[str, bool] | None:
+        if self._envoy_hosts is None:
+            return None
+        hosts = await self._envoy_hosts()
+        if not hosts or service not in hosts:
+            return None
+        return {addr: bool(h.get("serving")) for addr, h in hosts[service].items()}
 
     async def drain(
         self,
@@ -74,8 +89,9 @@ class DrainApi:
         """Store a drain; returns it and what it does. Raises :class:`DrainRefused` (not
         forced), :class:`DrainError` (bad names) or :class:`StoreUnavailable`."""
         check_names(service, instance)
+        envoy = await self._envoy_view(service)
         try:
-            effect = self.catalog.check(service, instance)
+            effect = self.catalog.check(service, instance, envoy)
             forced = False
         except DrainRefused as exc:
             if not force:

@@ -131,12 +131,28 @@ def apply_drains(instances: Iterable[Instance], drained: Iterable[str]) -> tuple
 
 
 def check_drain(
-    service: str, instance: str, instances: Iterable[Instance], drained: Iterable[str]
+    service: str,
+    instance: str,
+    instances: Iterable[Instance],
+    drained: Iterable[str],
+    envoy: Mapping[str, bool] | None = None,
 ) -> str:
     """What draining ``instance`` of ``service`` does, as one sentence; raises
     :class:`DrainRefused` (saying what would happen) when it names no instance or would
-    leave the service with no healthy host. ``drained``: the service's current drains."""
+    leave the service with no healthy host. ``drained``: the service's current drains.
+    ``envoy``: ``ADDRESS:PORT`` -> whether Envoy sends the host traffic (its admin API:
+    active health checks and outlier ejections count too); hosts it does not list are
+    judged by the catalog alone."""
     insts = tuple(instances)
+    envoy = envoy or {}
+
+    def serving(i: Instance) -> bool:
+        return i.health in SERVING and envoy.get(instance_label(i), True)
+
+    def state(i: Instance) -> str:
+        if i.health in SERVING and not serving(i):
+            return "failing in Envoy (health check or outlier ejection)"
+        return i.health.value
     named = [i for i in insts if matches(i, instance)]
     if not named:
         known = ", ".join(sorted({instance_label(i) for i in insts})) or "none"
@@ -145,11 +161,9 @@ def check_drain(
             "the drain would do nothing until one registers under that name"
         )
     after = apply_drains(insts, (*drained, instance))
-    serving = [i for i in after if i.health in SERVING]
-    if not serving:
-        states = ", ".join(
-            f"{instance_label(i)} {i.health.value}" for i in apply_drains(insts, drained)
-        )
+    left = [i for i in after if serving(i)]
+    if not left:
+        states = ", ".join(f"{instance_label(i)} {state(i)}" for i in apply_drains(insts, drained))
         raise DrainRefused(
             f"draining {instance} would leave {service} with no healthy instance "
             f"(now: {states}); Envoy would answer every request for it with 503 "
@@ -157,5 +171,5 @@ def check_drain(
         )
     return (
         f"{', '.join(instance_label(i) for i in named)} of {service} takes no new requests; "
-        f"{len(serving)} of {len(insts)} instances keep serving"
+        f"{len(left)} of {len(insts)} instances keep serving"
     )

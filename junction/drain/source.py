@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from junction.catalog.consul import Backoff
@@ -105,10 +105,11 @@ class DrainingCatalog:
         """What the catalog reports for ``service``, drains not applied."""
         return self._raw.get(service, ())
 
-    def check(self, service: str, instance: str) -> str:
-        """:func:`~junction.drain.model.check_drain` against the current catalog and drains."""
+    def check(self, service: str, instance: str, envoy: Mapping[str, bool] | None = None) -> str:
+        """:func:`~junction.drain.model.check_drain` against the current catalog and drains
+        (and Envoy's view of the hosts, when given)."""
         others = [i for i in self.drained(service) if i != instance]
-        return check_drain(service, instance, self.catalog_instances(service), others)
+        return check_drain(service, instance, self.catalog_instances(service), others, envoy)
 
     def _forward(self, service: str) -> None:
         self._sink.instances(service, apply_drains(self._raw[service], self.drained(service)))

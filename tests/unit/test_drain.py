@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -63,6 +64,16 @@ def test_check_drain_says_what_happens_and_refuses_harm() -> None:
     assert "503" in message
     with pytest.raises(DrainRefused, match="no instance of web is 'web-9'"):
         check_drain("web", "web-9", (A, B), [])
+
+
+def test_check_drain_believes_envoy_about_failing_hosts() -> None:
+    """B is healthy in the catalog but Envoy ejected it: A is the last serving host."""
+    envoy = {"10.0.0.1:8080": True, "10.0.0.2:8080": False}
+    with pytest.raises(DrainRefused) as info:
+        check_drain("web", "web-1", (A, B), [], envoy)
+    assert "10.0.0.2:8080 failing in Envoy" in str(info.value)
+    # Hosts Envoy does not list are judged by the catalog.
+    assert "1 of 2" in check_drain("web", "web-1", (A, B), [], {"10.9.9.9:1": False})
 
 
 @pytest.mark.parametrize(
@@ -238,12 +249,18 @@ async def test_drain_source_reports_changes(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def api_client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, DrainingCatalog]]:
+async def api_client(
+    tmp_path: Path, envoy: dict[str, dict[str, Any]] | None = None
+) -> AsyncIterator[tuple[TestClient, DrainingCatalog]]:
     store = FileDrainStore(tmp_path)
     catalog = DrainingCatalog(Sink())
     catalog.instances("web", (A, B))
     catalog.drain_records("file", [])
-    api = DrainApi(store, catalog, clock=lambda: 50.0)
+
+    async def envoy_hosts() -> dict[str, dict[str, Any]] | None:
+        return envoy
+
+    api = DrainApi(store, catalog, envoy_hosts=envoy_hosts, clock=lambda: 50.0)
     app = web.Application()
     api.add_routes(app)
     async with TestClient(TestServer(app)) as client:
@@ -275,3 +292,14 @@ async def test_api_drain_refuse_force_undo(tmp_path: Path) -> None:
         assert resp.status == 404
         stored = await FileDrainStore(tmp_path).read_all()
         assert [d.instance for d in stored.drains] == ["10.0.0.2:8080"]
+
+
+async def test_api_refuses_by_envoys_view(tmp_path: Path) -> None:
+    envoy = {"web": {"10.0.0.1:8080": {"serving": True}, "10.0.0.2:8080": {"serving": False}}}
+    async with api_client(tmp_path, envoy) as (client, _):
+        resp = await client.post("/drain/web/web-1")
+        assert resp.status == 409
+        error = (await resp.json())["error"]
+        assert "10.0.0.2:8080 failing in Envoy" in error and "--force" in error
+        resp = await client.post("/drain/web/web-2")  # draining the ejected one is fine
+        assert resp.status == 200
