@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import aiohttp
 
 from junction.catalog.consul import Backoff
-from junction.drain.cli import TOKEN_ENV
+from junction.drain.client import auth_headers, drain_url
 from junction.drain.maintenance import (
     AGENT,
     Action,
@@ -75,12 +73,8 @@ class MaintenanceAgent:
         self._failures = 0
         base = settings.metadata_url.rstrip("/")
         self._url = base + PATH
-        s = settings
-        self._drain_url = f"http://{s.http}/drain/{quote(s.service, safe='')}/" + quote(
-            s.instance, safe=""
-        )
-        token = os.environ.get(TOKEN_ENV)
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._drain_url = drain_url(settings.http, settings.service, settings.instance)
+        self._auth = auth_headers()
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:

@@ -14,29 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["COMMANDS", "TOKEN_ENV", "add_parsers", "request", "run_drain"]
+from junction.drain.client import auth_headers, drain_url
 
-#: The admin API's bearer token, when the control plane requires one.
-TOKEN_ENV = "JUNCTION_ADMIN_TOKEN"
-
+__all__ = ["COMMANDS", "add_parsers", "request", "run_drain"]
 
 def request(
     method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 10.0
 ) -> tuple[int, Any]:
     """One JSON call: ``(status, decoded body)``; raises ``urllib.error.URLError``/``OSError``
     when the server cannot be reached."""
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    headers = {"Content-Type": "application/json", **auth_headers()}
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, method=method, data=data, headers=headers)
     try:
@@ -49,11 +42,6 @@ def request(
         except ValueError:
             decoded = {"error": raw.decode(errors="replace").strip() or exc.reason}
         return exc.code, decoded
-
-
-def drain_url(http: str, service: str, instance: str) -> str:
-    quote = urllib.parse.quote
-    return f"http://{http}/drain/{quote(service, safe='')}/{quote(instance, safe='')}"
 
 
 def run_drain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
