@@ -112,10 +112,11 @@ async def test_slow_start_ramps_a_new_instance_up(tmp_path: Path) -> None:
     equal share once the window is over.
 
     Envoy scales a host's weight by max(10 %, (t/window) ** (1/aggression)) while it is in
-    its window (Envoy docs, "Slow start mode"); with window 10 s and aggression 0.2 the
-    factor stays at the 10 % floor for the first 6.3 s. Only a host whose window is over
-    has full weight, so the old instance must be older than the window first."""
-    window = 10.0
+    its window (Envoy docs, "Slow start mode"); with window 15 s and aggression 0.2 the
+    factor stays at the 10 % floor for the first 9.4 s (requests are counted for 8 s). Only
+    a host whose window is over has full weight, so the old instance must be older than
+    the window first."""
+    window = 15.0
     lb = f"      lb-policy: round-robin\n      slow-start: {{window: {window}, aggression: 0.2}}\n"
     async with two_instances(tmp_path, lb, ["a"]) as two:
         loop = asyncio.get_running_loop()
@@ -130,7 +131,7 @@ async def test_slow_start_ramps_a_new_instance_up(tmp_path: Path) -> None:
             timeout=10,
         )
         joined = loop.time()
-        early = await drive(two.listener, "/x", count=1500, duration=5)
+        early = await drive(two.listener, "/x", count=2000, duration=8)
         assert early.failures == 0
         total = sum(early.ports.values())
         share = early.ports[str(two.b)] / total
