@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from junction.catalog.consul import Backoff
+from junction.catalog.consul import Backoff, TokenBucket
 from junction.catalog.model import Instance
 from junction.catalog.source import SourceSink
 from junction.drain.model import DrainRecord, apply_drains, check_drain, instance_label, matches
@@ -150,7 +150,13 @@ class DrainSource:
         index = 0
         failures = 0
         reported: tuple[DrainRecord, ...] | None = None
+        # A store answering at once again and again must not become a busy loop; a quiet
+        # one always has a token, so a change is applied without waiting (burst 2).
+        bucket = TokenBucket(0.1)
         while True:
+            pause = bucket.take()
+            if pause > 0:
+                await asyncio.sleep(pause)
             try:
                 stored = await self.store.wait_change(index)
             except StoreUnavailable as exc:
@@ -165,5 +171,3 @@ class DrainSource:
             if stored.drains != reported:
                 reported = stored.drains
                 sink.drain_records(self.store.origin, stored.drains)
-            # A store answering at once again and again must not become a busy loop.
-            await asyncio.sleep(0.05)
