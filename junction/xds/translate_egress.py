@@ -17,10 +17,13 @@ Pure, like the rest of translation. With an ``egress`` section
   call chain stays on one release ("the same release version references the same
   resources").
 
-Ingress keeps outsiders from steering internal calls: every ingress route that the
-decision service does not handle gets ``request_headers_to_remove`` for the egress headers
-(:func:`guard_ingress`); on routes it handles, the decision service already replaces or
-removes its service's propagated header, and the other egress headers are removed.
+Ingress keeps outsiders from steering internal calls (:func:`guard_ingress`): every
+ingress route gets ``request_headers_to_remove`` for the egress headers, except, on a
+version route the decision service picked (matched on ``x-junction-cluster``), the
+service's own propagated header, which the decision service has just set for a trusted
+pin. The plain route of a decided prefix strips it too: a request gets there when the
+service chose no version (it removed the header itself) or failed open (the client's
+value would otherwise pass).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from junction.config.decisions import CLUSTER_HEADER
 from junction.config.egress import egress_header
 from junction.config.model import Config
 from junction.xds.translate_cluster import ads_config_source, duration
@@ -177,9 +181,17 @@ def guard_ingress(
     for vh in routes.virtual_hosts:
         for route in vh.routes:
             plan = plans.get((vh.name, route.match.prefix))
-            decided = plan is not None and plan.enabled and not _extproc_disabled(route)
             own = ""
-            if decided and plan is not None and plan.service is not None:
+            # Only a version route (matched on the decision's cluster header) carries a
+            # header the decision service set. On the plain route the service either
+            # removed it already, or failed open and left the client's value there.
+            if (
+                plan is not None
+                and plan.enabled
+                and plan.service is not None
+                and not _extproc_disabled(route)
+                and any(h.name == CLUSTER_HEADER for h in route.match.headers)
+            ):
                 pin = config.versions[plan.service].pin
                 own = pin.propagate if pin is not None else ""
             route.request_headers_to_remove.extend(sorted(headers - {own}))

@@ -161,13 +161,21 @@ def test_ingress_strips_egress_headers_where_nothing_decides() -> None:
     assert isinstance(ingress, route_pb2.RouteConfiguration)
     for route in ingress.virtual_hosts[0].routes:
         assert list(route.request_headers_to_remove) == ["x-junction-version"], route.name
-    # web-api pinned: its routes leave the header to the decision service; /asset strips.
+    # web-api pinned: its version routes keep the header the decision service set; its
+    # plain route (no decision, or the service failed open) and /asset strip it.
     pinned = cfg(text(pin="pin: {header: x-junction-version, trust: any}"))
     ingress = the(translate(pinned, Catalog()), ROUTE, ROUTE_CONFIG_NAME)
     assert isinstance(ingress, route_pb2.RouteConfiguration)
     stripped = {r.name: list(r.request_headers_to_remove) for r in ingress.virtual_hosts[0].routes}
     assert stripped["/asset"] == ["x-junction-version"]
-    assert stripped["/api"] == [] and stripped["/api@web-api-go"] == []
+    assert stripped["/api"] == ["x-junction-version"]
+    assert stripped["/api@web-api-go"] == [] and stripped["/api@web-api-perl"] == []
+    # A propagate header other than the egress one is never protected from the strip.
+    other = cfg(text(pin="pin: {header: x-junction-version, trust: any, propagate: x-rel}"))
+    ingress = the(translate(other, Catalog()), ROUTE, ROUTE_CONFIG_NAME)
+    assert isinstance(ingress, route_pb2.RouteConfiguration)
+    for route in ingress.virtual_hosts[0].routes:
+        assert list(route.request_headers_to_remove) == ["x-junction-version"], route.name
     # Without egress nothing is added (the ingress routes are exactly as before).
     plain = the(translate(cfg(without_egress(text())), Catalog()), ROUTE, ROUTE_CONFIG_NAME)
     assert isinstance(plain, route_pb2.RouteConfiguration)
