@@ -287,8 +287,12 @@ def report(args: argparse.Namespace, drains: dict[str, dict[str, list[float]]],
             f"{ms(max(d['drain']))} | {ms(statistics.median(d['undrain']))} | "
             f"{ms(pct(d['undrain'], 90))} | {ms(max(d['undrain']))} |"
         )
+    return "\n".join(lines + latency_lines(args, lat))
+
+
+def latency_lines(args: argparse.Namespace, lat: dict[str, list[float]]) -> list[str]:
     base = statistics.median(lat["ingress, no decision (/asset)"])
-    lines += [
+    lines = [
         "",
         "Both include the publisher's 20 ms settle window and the push to Envoy. The "
         "state directory is polled every 0.2 s (so about 100 ms of its figures is the "
@@ -314,7 +318,7 @@ def report(args: argparse.Namespace, drains: dict[str, dict[str, list[float]]],
         "plain route costs; a pinned ingress request pays for the decision-service call.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 async def main_async(args: argparse.Namespace) -> str:
