@@ -19,7 +19,9 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from junction.admin import ExposureError, exposure_problems
@@ -30,6 +32,10 @@ from junction.canary.store import make_store
 from junction.catalog.choose import SourceChoice
 from junction.catalog.source import CatalogSource, ConfigSource
 from junction.config.model import Config
+from junction.drain.api import DrainApi
+from junction.drain.source import DrainingCatalog, DrainSource
+from junction.drain.store import make_drain_store
+from junction.envoy_admin import fetch_clusters, host_states
 from junction.envoy_process import EnvoyProcess
 from junction.errors import JunctionError
 from junction.extproc.service import ExtProcService, ServiceSettings, SidecarSettings
@@ -160,6 +166,13 @@ class ControlPlane:
             options=options,
             on_publish=self.xds_metrics.observe_publish,
         )
+        # Drains (junction.drain): shared state in the same store as the canary's; the
+        # catalog's reports pass through DrainingCatalog, which marks drained instances.
+        self.drain_store = make_drain_store(
+            consul_addr=settings.consul_addr, state_dir=settings.state_dir
+        )
+        self.draining = DrainingCatalog(self.publisher)
+        self.drain_api = DrainApi(self.drain_store, self.draining, envoy_hosts=self._envoy_hosts)
         self.envoy: EnvoyProcess | None = None
         # Canary states: read by the publisher (route weights) and /canary; written by the
         # controller (in self.als) and the operator's commands, always through the store.
@@ -183,8 +196,9 @@ class ControlPlane:
             "canary": self.canary.status,
             "decisions": self._decision_tiers,
             "xds_refused": self.xds_refused,
+            "drains": self.draining.status,
         }
-        routes = [self.canary.add_routes, metrics_route(self.metrics)]
+        routes = [self.canary.add_routes, self.drain_api.add_routes, metrics_route(self.metrics)]
         if self.als is not None:
             sections["als"] = self.als.status
             routes.append(self.als.add_routes)
@@ -220,6 +234,17 @@ class ControlPlane:
         config = self.publisher.config
         return tier_summary(config) if config is not None else []
 
+    async def _envoy_hosts(self) -> dict[str, dict[str, Any]] | None:
+        """Envoy's view of every host (for drain checks); None when it cannot be read."""
+        admin = self._envoy_admin()
+        if not admin:
+            return None
+        try:
+            return host_states(await fetch_clusters(admin))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("Envoy admin %s unreadable (%s); drain checks use the catalog", admin, exc)
+            return None
+
     def _envoy_admin(self) -> str | None:
         if self.envoy is not None:
             return self.envoy.admin_address
@@ -241,11 +266,15 @@ class ControlPlane:
             await self.als.start()
         for coro in (
             self.publisher.run(),
-            self.catalog_source.run(self.publisher),
+            self.catalog_source.run(self.draining),
             self.config_source.run(self.publisher),
             CanaryStateSource(self.canary_store).run(self.canary_board),
+            DrainSource(self.drain_store).run(self.draining),
         ):
             self._tasks.append(asyncio.create_task(coro))
+        # Within the publisher's catalog_grace: serve without drains rather than nothing
+        # if the drain store cannot be read at start.
+        asyncio.get_running_loop().call_later(1.0, self.draining.release)
         log.info(
             "control plane up: xDS on %s:%d, admin API on http://%s:%d%s",
             s.host, self.xds_port, s.admin_host, self.status.port,
@@ -306,6 +335,7 @@ class ControlPlane:
         if self.als is not None:
             await self.als.stop()
         await self.canary_store.close()
+        await self.drain_store.close()
         await self.status.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)

@@ -10,6 +10,9 @@
     junction als serve ...                (the access-log receiver alone: junction.loop.cli)
     junction canary status|pause|resume|promote|abort [SERVICE] [--http HOST:PORT]
     junction report --log PATH [--events PATH] [--png OUT.png]
+    junction drain SERVICE INSTANCE [--undo] [--reason TEXT] [--force] --http HOST:PORT
+    junction maintenance-agent --service S --instance I --http HOST:PORT [--metadata-url URL]
+                                          (both: junction.drain.cli)
 
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from
 the KV key, instances from the catalog (unless ``--instances`` is also given).
@@ -36,6 +39,7 @@ from junction.catalog.file import load_instances
 from junction.catalog.model import Catalog
 from junction.config.errors import ConfigError, Problem
 from junction.config.load import config_version, load_config
+from junction.drain import cli as drain_cli
 from junction.errors import JunctionError
 from junction.extproc import cli as extproc_cli
 from junction.loop import cli as als_cli
@@ -182,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
         als_cli.add_run_arguments(s, _port, up=name == "up")
     extproc_cli.add_parser(sub, _port)
     als_cli.add_parsers(sub, _port)
+    drain_cli.add_parsers(sub)
     return p
 
 
@@ -286,6 +291,7 @@ _COMMANDS = {
     "serve": _run,
     "extproc": extproc_cli.run,
     **als_cli.COMMANDS,
+    **drain_cli.COMMANDS,
 }
 
 

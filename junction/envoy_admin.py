@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["fetch_clusters", "healthy_hosts"]
+__all__ = ["fetch_clusters", "healthy_hosts", "host_states"]
 
 # Flags in HostHealthStatus that take a host out of load balancing
 # (envoy/admin/v3/clusters.proto).
@@ -39,6 +39,27 @@ def healthy_hosts(clusters_json: Mapping[str, Any]) -> dict[str, int]:
             ):
                 count += 1
         out[cluster["name"]] = count
+    return out
+
+
+def host_states(clusters_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per cluster, per ``address:port``, what Envoy says of the host: its EDS health, the
+    flags set on it (``failed_outlier_check`` for an outlier ejection,
+    ``failed_active_health_check``...) and whether it takes traffic (for /status)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cluster in clusters_json.get("cluster_statuses", []):
+        hosts: dict[str, Any] = {}
+        for host in cluster.get("host_statuses", []):
+            sock = host.get("address", {}).get("socket_address", {})
+            status = host.get("health_status", {})
+            eds = status.get("eds_health_status")
+            flags = sorted(k for k, v in status.items() if k != "eds_health_status" and v)
+            hosts[f"{sock.get('address')}:{sock.get('port_value')}"] = {
+                "eds_health_status": eds or "HEALTHY",
+                "flags": flags,
+                "serving": eds in _SERVING and not any(status.get(f) for f in _FAILED),
+            }
+        out[cluster["name"]] = hosts
     return out
 
 

@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from junction.admin import health_app, token_middleware
-from junction.envoy_admin import fetch_clusters, healthy_hosts
+from junction.envoy_admin import fetch_clusters, healthy_hosts, host_states
 from junction.xds.cache import SnapshotCache
 from junction.xds.publisher import Publisher
 
@@ -87,6 +87,8 @@ class StatusServer:
         self._routes = tuple(routes)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        #: Envoy's view of every host at the last verdict (None: the catalog's was used).
+        self._envoy_hosts: dict[str, Any] | None = None
 
     # ---- the verdict ----------------------------------------------------------------
 
@@ -110,9 +112,12 @@ class StatusServer:
         admin = self._envoy_admin()
         if admin:
             try:
-                return healthy_hosts(await fetch_clusters(admin))
+                clusters = await fetch_clusters(admin)
+                self._envoy_hosts = host_states(clusters)
+                return healthy_hosts(clusters)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 log.warning("Envoy admin %s unreadable (%s); using the catalog", admin, exc)
+        self._envoy_hosts = None
         counts = self._publisher.status()["instances"]
         return {
             name: info["by_health"].get("HEALTHY", 0) + info["by_health"].get("DEGRADED", 0)
@@ -134,6 +139,8 @@ class StatusServer:
             "healthz": {"status": verdict.status, "reasons": list(verdict.reasons)},
             "maintenance_file": self._maintenance_file,
             "envoy_admin": self._envoy_admin(),
+            # Hosts as Envoy sees them (outlier ejections, failed checks, DRAINING).
+            "envoy_hosts": self._envoy_hosts,
             **{name: section() for name, section in self._sections.items()},
         }
         return web.Response(

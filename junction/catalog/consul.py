@@ -203,7 +203,8 @@ def instances_from_entries(
       registers it: the more specific statement is the one to believe;
     * health: every check of the entry (node checks such as serfHealth and node/service
       maintenance included) through :func:`health_from_checks`;
-    * weight: ``Service.Weights.Passing`` (Consul's default 1), clamped to 1..128.
+    * weight: ``Service.Weights.Passing`` (Consul's default 1), clamped to 1..128;
+    * id: ``Service.ID`` (what ``junction drain`` may name the instance by).
     """
     instances: list[Instance] = []
     skipped: list[str] = []
@@ -225,6 +226,7 @@ def instances_from_entries(
                 weight=min(MAX_WEIGHT, max(1, int(weights.get("Passing") or 1))),
                 node=str(node.get("Node") or ""),
                 tags=tuple(str(t) for t in service.get("Tags") or ()),
+                id=str(service.get("ID") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadResponse(f"health entry without the expected fields: {exc!r}") from None

@@ -49,6 +49,7 @@ class _InstanceEntry(BaseModel):
     weight: int = 1
     node: str = ""
     tags: tuple[str, ...] = ()
+    id: str = ""
 
     @field_validator("weight")
     @classmethod
@@ -89,6 +90,7 @@ def load_instances(text: str, origin: str) -> dict[str, tuple[Instance, ...]]:
                     weight=e.weight,
                     node=e.node,
                     tags=e.tags,
+                    id=e.id,
                 )
                 for e in entries
             )

@@ -57,6 +57,9 @@ class Instance:
     #: Consul node name (or another catalog's id); shown in /status, not sent to Envoy.
     node: str = ""
     tags: tuple[str, ...] = ()
+    #: The catalog's id of this instance (Consul's service ID); how an operator may name it
+    #: to ``junction drain``. Not sent to Envoy.
+    id: str = ""
 
     def __lt__(self, other: object) -> bool:  # stable sort without comparing enums
         if not isinstance(other, Instance):

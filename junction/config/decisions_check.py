@@ -30,11 +30,18 @@ def _cross(config: Config) -> Iterator[tuple[Path, str]]:
     for block in config.route_blocks():
         routed.update(block.cluster)
     owner: dict[str, str] = {}
+    # A service reached only through egress needs no route: a declared cluster will do.
+    egress = set(config.egress.services) if config.egress is not None else set()
     for service, sv in config.versions.items():
         for version, cluster in sv.clusters.items():
             path: Path = ("versions", service, "clusters", version)
-            if cluster not in routed:
+            if cluster not in routed and service not in egress:
                 yield path, f"cluster {cluster!r} is not routed to by any route"
+            elif cluster not in routed and cluster not in config.cluster.loadbalancer:
+                yield path, (
+                    f"cluster {cluster!r} is neither routed to nor declared under "
+                    "cluster.loadbalancer"
+                )
             elif cluster in owner:
                 yield path, f"cluster {cluster!r} is already a version of {owner[cluster]!r}"
             else:

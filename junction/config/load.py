@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from junction.config.decisions_check import cross_check_decisions
+from junction.config.egress import cross_check_egress
 from junction.config.errors import ConfigError, Problem, format_path
 from junction.config.model import Config, group_by_prefix
 from junction.config.yamldoc import Document, parse_yaml
@@ -142,6 +143,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                     )
                 )
     out.extend(cross_check_decisions(config))
+    out.extend(cross_check_egress(config))
     return out
 
 

@@ -13,10 +13,18 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from junction.config.base import CLUSTER_NAME, Model, Seconds, check_names, int_in
+from junction.config.base import CLUSTER_NAME, Model, Number, Seconds, check_names, int_in
 from junction.config.decisions import DecisionSettings, ExperimentsSection, VersionsSection
 
 __all__ = [
@@ -24,15 +32,19 @@ __all__ = [
     "ClusterSection",
     "Config",
     "EdsEndpoint",
+    "EgressListen",
+    "EgressSection",
     "EndpointSection",
     "HealthCheck",
     "IpAddress",
     "Listen",
     "ListenerConfig",
     "LoadBalancer",
+    "OutlierDetection",
     "PrefixRoute",
     "RouteBlock",
     "RouteCluster",
+    "SlowStart",
     "Timeouts",
     "VirtualHost",
     "group_by_prefix",
@@ -184,12 +196,60 @@ def _status_range(text: str) -> tuple[int, int] | None:
 
 
 LbPolicy = Literal["round-robin", "least-request", "random", "ring-hash", "maglev"]
+#: The policies Envoy can warm new hosts up with (``slow_start_config``).
+SLOW_START_POLICIES = ("round-robin", "least-request")
+
+
+_factor = Number(0, 100, "must be a number 0 < x <= 100 (Envoy's 1.9)", above_lo=True)
+_aggression = Number(0, 100, "must be a number 0 < x <= 100 (1.0: linear)", above_lo=True)
+
+
+Percent100 = Annotated[int, _int_in(0, 100)]
+
+
+class OutlierDetection(_Model):
+    """Envoy passive health checking (``Cluster.outlier_detection``); every key optional,
+    an absent key keeps Envoy's default (see :mod:`junction.xds.translate_lb`)."""
+
+    consecutive_5xx: Annotated[int, _int_in(1, 1000)] | None = None
+    consecutive_gateway_failure: Annotated[int, _int_in(1, 1000)] | None = None
+    interval: Seconds | None = None
+    base_ejection_time: Seconds | None = None
+    max_ejection_time: Seconds | None = None
+    max_ejection_percent: Percent100 | None = None
+    success_rate_minimum_hosts: Annotated[int, _int_in(1, 10_000)] | None = None
+    success_rate_request_volume: Annotated[int, _int_in(1, 1_000_000)] | None = None
+    #: Ejected below mean - factor * stdev of the hosts' success rates (Envoy: 1.9).
+    success_rate_stdev_factor: Annotated[float, BeforeValidator(_factor)] | None = None
+    #: Percent of success-rate outliers actually ejected (Envoy: 100; 0 turns it off).
+    enforcing_success_rate: Percent100 | None = None
+
+
+class SlowStart(_Model):
+    """Warm-up of new hosts (``slow_start_config`` of round-robin and least-request)."""
+
+    window: Seconds
+    aggression: Annotated[float, BeforeValidator(_aggression)] | None = None
 
 
 class LoadBalancer(_Model):
     lb_policy: LbPolicy = "round-robin"
     discovery: Literal["eds"] = "eds"
     health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
+    slow_start: SlowStart | None = None
+
+    @model_validator(mode="after")
+    def _slow_start_policy(self) -> LoadBalancer:
+        if self.slow_start is not None and self.lb_policy not in SLOW_START_POLICIES:
+            # Envoy has slow start only for these two (RoundRobinLbConfig and
+            # LeastRequestLbConfig); on the others it would silently do nothing.
+            raise PydanticCustomError(
+                "junction",
+                f"slow-start works with lb-policy round-robin or least-request, "
+                f"not {self.lb_policy}",
+            )
+        return self
 
 
 class ClusterSection(_Model):
@@ -210,6 +270,34 @@ class EdsEndpoint(_Model):
 
 class EndpointSection(_Model):
     eds: dict[str, EdsEndpoint] = {}
+
+
+# ---- egress --------------------------------------------------------------------------
+
+
+class EgressListen(_Model):
+    """Where the application sends its outbound calls. Loopback by default: a header on
+    this listener chooses versions, so it must not be reachable from outside."""
+
+    protocol: Literal["tcp"] = "tcp"
+    address: IpAddress = "127.0.0.1"
+    port: Port
+
+
+class EgressSection(_Model):
+    """A second listener for outbound calls to versioned services (see
+    :mod:`junction.xds.translate_egress`); ``services`` are names under ``versions``."""
+
+    listen: EgressListen
+    services: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _check_names(dict.fromkeys(value), "service")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("junction", "lists the same service twice")
+        return value
 
 
 # ---- the document --------------------------------------------------------------------
@@ -247,6 +335,8 @@ class Config(_Model):
     versions: VersionsSection = {}
     experiments: ExperimentsSection = {}
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    # Versioned routing of the application's outbound calls (its own listener).
+    egress: EgressSection | None = None
 
     @field_validator("route", mode="before")
     @classmethod

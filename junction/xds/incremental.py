@@ -21,6 +21,7 @@ from junction.xds.translate import (
     build_route_configuration,
 )
 from junction.xds.translate_cluster import build_cluster, build_load_assignment
+from junction.xds.translate_egress import egress_resources
 from junction.xds.translate_native import unavailable_versions
 
 __all__ = ["IncrementalTranslator"]
@@ -46,9 +47,11 @@ class IncrementalTranslator:
         if config is not self._config:
             self._rebuild_static(config, unavailable)
         elif unavailable != self._unavailable:
-            # A version lost (or regained) its last usable host: re-point its pin routes.
+            # A version lost (or regained) its last usable host: re-point its pin routes
+            # (the egress route configurations do not depend on it).
             self._unavailable = unavailable
-            self._static = {**self._static, ROUTE: self._routes(config, unavailable)}
+            routes = {**self._static[ROUTE], **self._routes(config, unavailable)}
+            self._static = {**self._static, ROUTE: routes}
             self._snapshot = None
         endpoints, changed = self._endpoint_resources(config, catalog)
         if self._snapshot is None:
@@ -77,6 +80,10 @@ class IncrementalTranslator:
             },
             ROUTE: self._routes(config, unavailable),
         }
+        # The egress listener and its routes (translate_egress), when configured.
+        listeners, route_configs = egress_resources(config, self._options.access_log)
+        self._static[LISTENER].update((n, Resource.of(n, m)) for n, m in listeners)
+        self._static[ROUTE].update((n, Resource.of(n, m)) for n, m in route_configs)
         self._endpoints = {}
         self._snapshot = None
         self._config = config

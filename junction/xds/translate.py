@@ -20,7 +20,9 @@ What it produces (xDS resource names in :mod:`junction.xds.names`):
   routes and the per-route ext_proc switch (:mod:`junction.xds.translate_extproc`), as
   :mod:`junction.extproc.tiers` chooses;
 - per cluster name, a Cluster (EDS over ADS) and its ClusterLoadAssignment
-  (see :mod:`junction.xds.translate_cluster`).
+  (see :mod:`junction.xds.translate_cluster`);
+- with an ``egress`` section, a second Listener and RouteConfiguration for outbound calls
+  (see :mod:`junction.xds.translate_egress`).
 
 Timeout mapping (seconds in YAML, ``google.protobuf.Duration`` in Envoy):
 
@@ -74,6 +76,7 @@ from junction.xds.translate_cluster import (
     build_load_assignment,
     duration,
 )
+from junction.xds.translate_egress import egress_resources, guard_ingress
 from junction.xds.translate_extproc import (
     decision_routes,
     early_header_mutations,
@@ -135,16 +138,18 @@ def translate(
     snapshot (for mapping a NACK back to the document).
     """
     names = config.cluster_names()
+    egress_listeners, egress_routes = egress_resources(config, options.access_log)
     return Snapshot.build(
         {
             CLUSTER: [(n, build_cluster(config, n)) for n in names],
             ENDPOINT: [(n, build_load_assignment(config, n, catalog.instances(n))) for n in names],
-            LISTENER: [(LISTENER_NAME, build_listener(config, options))],
+            LISTENER: [(LISTENER_NAME, build_listener(config, options)), *egress_listeners],
             ROUTE: [
                 (
                     ROUTE_CONFIG_NAME,
                     build_route_configuration(config, unavailable_versions(config, catalog)),
-                )
+                ),
+                *egress_routes,
             ],
         },
         origin=origin,
@@ -239,7 +244,7 @@ def build_route_configuration(
     ``unavailable``: version clusters with no usable host (native pin routes re-point)."""
     request_timeout = config.listener.timeout.request
     tiers = tiers_by_route(config)
-    return route_pb2.RouteConfiguration(
+    routes = route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             _virtual_host(config, vh, request_timeout, tiers, unavailable)
@@ -250,6 +255,8 @@ def build_route_configuration(
         # Unlike HCM strip_any_host_port, this leaves the Host header untouched.
         ignore_port_in_host_matching=True,
     )
+    # With an egress section: strip version headers the decision service does not set.
+    return guard_ingress(config, routes)
 
 
 def _virtual_host(

@@ -15,6 +15,7 @@ Mapping (YAML -> Envoy v3):
 - ``endpoint.eds.<name>.balancing-policy: locality`` ->
   ``common_lb_config.locality_weighted_lb_config`` plus a ``load_balancing_weight`` on each
   locality (the sum of its instances' weights).
+- ``...outlier-detection`` and ``...slow-start``: see :mod:`junction.xds.translate_lb`.
 - ``Instance.health`` -> ``LbEndpoint.health_status`` (same names as ``core.v3.HealthStatus``).
 """
 
@@ -31,6 +32,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from junction.catalog.model import Health, Instance
 from junction.config.model import Config, EdsEndpoint, HealthCheck
+from junction.xds.translate_lb import apply_lb_extras
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -108,6 +110,7 @@ def build_cluster(config: Config, name: str) -> cluster_pb2.Cluster:
         # requests in flight ("without dropped requests", SPEC.md section 3).
     if eds.balancing_policy == "locality":
         cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
+    apply_lb_extras(cluster, lb)  # outlier-detection, slow-start (translate_lb)
     return cluster
 
 

@@ -155,7 +155,7 @@ def test_instances_from_entries_maps_consul_fields() -> None:
     )
     assert skipped == []
     # Service.Address empty: the node's address; service meta wins over node meta per key.
-    assert inst == Instance("10.0.0.9", 80, zone="z-svc", region="r-node", node="n1")
+    assert inst == Instance("10.0.0.9", 80, zone="z-svc", region="r-node", node="n1", id="s1")
     (inst,), _ = instances_from_entries(
         [entry("10.0.0.1", Weights={"Passing": 500, "Warning": 1}, Tags=["v2"])]
     )
@@ -303,12 +303,12 @@ async def test_catalog_reports_instances_with_locality_and_tags(
     by_address = {i.address: i for i in sink.services["web"]}
     assert by_address["10.0.0.1"] == Instance(
         "10.0.0.1", 80, zone="zone-a", region="r1", health=Health.UNHEALTHY,  # TTL not yet set
-        node="node-a", tags=("v1",),
+        node="node-a", tags=("v1",), id="web-1",
     )  # fmt: skip
     assert (by_address["10.0.0.2"].zone, by_address["10.0.0.2"].region) == ("zone-c", "r1")
     # No service address: the node's; no checks at all on node-b: healthy.
     assert by_address["10.0.1.1"] == Instance(
-        "10.0.1.1", 8080, zone="zone-b", region="r2", node="node-b"
+        "10.0.1.1", 8080, zone="zone-b", region="r2", node="node-b", id="web-3"
     )
     assert sink.errors == []
 
