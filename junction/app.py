@@ -174,8 +174,18 @@ class ControlPlane:
         self.draining = DrainingCatalog(self.publisher)
         self.drain_api = DrainApi(self.drain_store, self.draining, envoy_hosts=self._envoy_hosts)
         self.envoy: EnvoyProcess | None = None
-        # Canary states: read by the publisher (route weights) and /canary; written by the
-        # controller (in self.als) and the operator's commands, always through the store.
+        self._build_feedback(settings)
+        self.node_id = settings.node_id or f"junction-{socket.gethostname()}"
+        self.status = self._build_status(settings)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grpc = None
+        self.xds_port: int | None = None
+        self.extproc: ExtProcService | None = None
+
+    def _build_feedback(self, settings: Settings) -> None:
+        """The canary's states and commands, and the access-log receiver when it runs here.
+        States are read by the publisher (route weights) and /canary; written by the
+        controller (in self.als) and the operator's commands, always through the store."""
         self.canary_store = make_store(
             consul_addr=settings.consul_addr, state_dir=settings.state_dir
         )
@@ -192,6 +202,9 @@ class ControlPlane:
             if settings.als is not None
             else None
         )
+
+    def _build_status(self, settings: Settings) -> StatusServer:
+        """The admin API (/status, /canary, /drain, /metrics) and the health listener."""
         sections = {
             "canary": self.canary.status,
             "decisions": self._decision_tiers,
@@ -205,8 +218,7 @@ class ControlPlane:
             self.als.register_metrics(self.metrics, lambda: self.canary_board.states)
         else:
             CanaryMetrics(self.metrics, states=lambda: self.canary_board.states)
-        self.node_id = settings.node_id or f"junction-{socket.gethostname()}"
-        self.status = StatusServer(
+        return StatusServer(
             self.publisher,
             self.cache,
             maintenance_file=settings.maintenance_file,
@@ -216,10 +228,6 @@ class ControlPlane:
             health_nodes=(self.node_id,) if settings.run_envoy else settings.health_nodes,
             admin_token=settings.admin_token,
         )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._grpc = None
-        self.xds_port: int | None = None
-        self.extproc: ExtProcService | None = None
 
     def xds_refused(self) -> dict[str, int]:
         """What hostile or broken xDS clients tried, by reason (junction.xds.limits)."""

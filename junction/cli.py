@@ -126,68 +126,72 @@ def _parser() -> argparse.ArgumentParser:
         ("up", "run the control plane and a real Envoy until SIGINT/SIGTERM"),
         ("serve", "run the control plane alone (Envoy managed elsewhere)"),
     ):
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("-c", "--config", help="config file (embedded default)")
-        s.add_argument("--instances", help="instances file (embedded default)")
-        s.add_argument("--consul-addr", help="Consul HTTP address, e.g. 127.0.0.1:8500")
-        s.add_argument("--consul-key", help="KV key holding the config YAML")
-        s.add_argument(
-            "--host", default="127.0.0.1", help="address for Envoy's ports (xDS, access logs)"
-        )
-        s.add_argument(
-            "--http-port", type=_port, default=8081, help="the admin API: /healthz, /status, ..."
-        )
-        s.add_argument(
-            "--admin-host",
-            default="127.0.0.1",
-            help="address of the admin API (default loopback; beyond it needs "
-            "JUNCTION_ADMIN_TOKEN)",
-        )
-        s.add_argument(
-            "--health-addr",
-            type=_host_port,
-            metavar="HOST:PORT",
-            help="the load balancer's listener: GET/HEAD /healthz only (may be 0.0.0.0)",
-        )
-        s.add_argument(
-            "--insecure",
-            action="store_true",
-            help="allow xDS and access logs beyond loopback without TLS",
-        )
-        _tls_arguments(s, "the server's certificate, its key, and the CA of the Envoys'")
-        s.add_argument(
-            "--require-node-identity",
-            action="store_true",
-            help="a node id must be one of its client certificate's SANs (needs --tls-*)",
-        )
-        s.add_argument("--xds-port", type=_port, default=18000)
-        s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
-        if name == "up":
-            s.add_argument("--node-id", default="", help="the Envoy's node id")
-        else:
-            s.add_argument(
-                "--node-id",
-                action="append",
-                default=[],
-                dest="health_nodes",
-                metavar="ID",
-                help="an Envoy this control plane answers for in /healthz (repeatable; "
-                "default: every connected Envoy); other xDS clients show in /status only",
-            )
-        s.add_argument("--zone", default="")
-        s.add_argument("--region", default="")
-        if name == "up":
-            s.add_argument("--envoy-admin-port", type=_port, default=9901)
-            extproc_cli.add_up_arguments(s, _port)
-            s.add_argument("--envoy-log-level", default="warning")
-            s.add_argument("--delta", action="store_true", help="Envoy uses delta ADS")
-        else:
-            s.add_argument("--envoy-admin", help="HOST:PORT of the Envoy's admin API")
-        als_cli.add_run_arguments(s, _port, up=name == "up")
+        _add_control_plane_arguments(sub.add_parser(name, help=helptext), up=name == "up")
     extproc_cli.add_parser(sub, _port)
     als_cli.add_parsers(sub, _port)
     drain_cli.add_parsers(sub)
     return p
+
+
+def _add_control_plane_arguments(s: argparse.ArgumentParser, *, up: bool) -> None:
+    """The flags of ``up`` and ``serve`` (``up``: it also runs Envoy)."""
+    s.add_argument("-c", "--config", help="config file (embedded default)")
+    s.add_argument("--instances", help="instances file (embedded default)")
+    s.add_argument("--consul-addr", help="Consul HTTP address, e.g. 127.0.0.1:8500")
+    s.add_argument("--consul-key", help="KV key holding the config YAML")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address for Envoy's ports (xDS, access logs)"
+    )
+    s.add_argument(
+        "--http-port", type=_port, default=8081, help="the admin API: /healthz, /status, ..."
+    )
+    s.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        help="address of the admin API (default loopback; beyond it needs "
+        "JUNCTION_ADMIN_TOKEN)",
+    )
+    s.add_argument(
+        "--health-addr",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the load balancer's listener: GET/HEAD /healthz only (may be 0.0.0.0)",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow xDS and access logs beyond loopback without TLS",
+    )
+    _tls_arguments(s, "the server's certificate, its key, and the CA of the Envoys'")
+    s.add_argument(
+        "--require-node-identity",
+        action="store_true",
+        help="a node id must be one of its client certificate's SANs (needs --tls-*)",
+    )
+    s.add_argument("--xds-port", type=_port, default=18000)
+    s.add_argument("--maintenance-file", help="/healthz answers 599 while this file exists")
+    if up:
+        s.add_argument("--node-id", default="", help="the Envoy's node id")
+    else:
+        s.add_argument(
+            "--node-id",
+            action="append",
+            default=[],
+            dest="health_nodes",
+            metavar="ID",
+            help="an Envoy this control plane answers for in /healthz (repeatable; "
+            "default: every connected Envoy); other xDS clients show in /status only",
+        )
+    s.add_argument("--zone", default="")
+    s.add_argument("--region", default="")
+    if up:
+        s.add_argument("--envoy-admin-port", type=_port, default=9901)
+        extproc_cli.add_up_arguments(s, _port)
+        s.add_argument("--envoy-log-level", default="warning")
+        s.add_argument("--delta", action="store_true", help="Envoy uses delta ADS")
+    else:
+        s.add_argument("--envoy-admin", help="HOST:PORT of the Envoy's admin API")
+    als_cli.add_run_arguments(s, _port, up=up)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from junction.admin import auth_headers
 from junction.catalog.consul import Backoff
-from junction.drain.client import auth_headers, drain_url
+from junction.drain.client import drain_url
 from junction.drain.maintenance import (
     AGENT,
     Action,
@@ -39,6 +40,7 @@ from junction.drain.maintenance import (
     next_action,
     observe,
 )
+from junction.drain.model import DrainError
 
 __all__ = ["AgentSettings", "MaintenanceAgent", "run_agent"]
 
@@ -47,7 +49,7 @@ log = logging.getLogger("junction.maintenance")
 PATH = "/computeMetadata/v1/instance/maintenance-event"
 
 
-class MetadataError(Exception):
+class MetadataError(DrainError):
     """The metadata server could not be read (the message says how)."""
 
 

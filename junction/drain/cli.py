@@ -20,7 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from junction.drain.client import auth_headers, drain_url
+from junction.admin import auth_headers
+from junction.drain.client import drain_url
 
 __all__ = ["COMMANDS", "add_parsers", "request", "run_drain"]
 

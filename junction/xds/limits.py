@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from junction.xds.errors import XdsError
+from junction.xds.protocol import StreamCore
+from junction.xds.resources import short_type
 
-__all__ = ["LimitExceeded", "XdsLimits", "check_request"]
+__all__ = ["LimitExceeded", "XdsLimits", "check_request", "check_subscriptions"]
 
 
 class LimitExceeded(XdsError):
@@ -81,3 +83,18 @@ def check_request(request: Any, limits: XdsLimits) -> bool:
             )
             return True
     return False
+
+
+def check_subscriptions(core: StreamCore[Any, Any], limits: XdsLimits) -> None:
+    """Delta subscriptions add up over requests: bound what one stream holds too."""
+    node = core.node
+    if node is None:
+        return
+    for ts in node.types.values():
+        st = ts.stream
+        if st is not None and st.owner == core.id and len(st.sub.names) > limits.max_resource_names:
+            raise LimitExceeded(
+                "too_many_resource_names",
+                f"stream subscribes to {len(st.sub.names):,} {short_type(ts.type_url)} "
+                f"resources; the limit is {limits.max_resource_names:,}",
+            )

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from junction.xds.cache import SnapshotCache, Watch
 from junction.xds.errors import XdsError
-from junction.xds.limits import LimitExceeded, XdsLimits, check_request
+from junction.xds.limits import LimitExceeded, XdsLimits, check_request, check_subscriptions
 from junction.xds.protocol import (
     Ack,
     Connected,
@@ -53,7 +53,7 @@ from junction.xds.protocol import (
 from junction.xds.protocol_delta import DeltaStream
 from junction.xds.protocol_sotw import SotwStream
 from junction.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type
-from junction.xds.tls import TlsFiles, peer_identities
+from junction.xds.tls import Impersonation, TlsFiles, check_identity, peer_identities
 
 __all__ = ["OnEvents", "OnSend", "XdsServer", "XdsServerError", "XdsServicer", "create_server"]
 
@@ -291,11 +291,11 @@ class XdsServicer:
                 elif isinstance(item, core.request_type):
                     slots.release()
                     if identities is not None:
-                        _check_identity(item, identities)
+                        check_identity(item, identities)
                     if check_request(item, limits):
                         self.refused["error_detail_truncated"] += 1
                     out = core.receive(item, self.cache.snapshot)
-                    _check_subscriptions(core, limits)
+                    check_subscriptions(core, limits)
                 else:  # pragma: no cover - the deserializer decides the type
                     raise MalformedRequest(f"unexpected request type {type(item).__name__}")
                 if watch is None and core.node_id is not None:
@@ -371,37 +371,6 @@ _REASONS = {
     "MissingNode": "missing_node",
     "NodeChanged": "node_changed",
 }
-
-
-class Impersonation(XdsError):
-    """A node id that the client certificate does not name (``--require-node-identity``)."""
-
-
-def _check_identity(request: Any, identities: frozenset[str]) -> None:
-    """Checked before the core sees the request: an impersonating stream must not touch
-    the real node's state (claiming its types would supersede the real stream)."""
-    node_id = request.node.id if request.HasField("node") else ""
-    if node_id and node_id not in identities:
-        names = ", ".join(sorted(identities)) or "none"
-        raise Impersonation(
-            f"node id {node_id!r} is not named by the client certificate "
-            f"(subject alternative names: {names})"
-        )
-
-
-def _check_subscriptions(core: StreamCore[Any, Any], limits: XdsLimits) -> None:
-    """Delta subscriptions add up over requests: bound what one stream holds too."""
-    node = core.node
-    if node is None:
-        return
-    for ts in node.types.values():
-        st = ts.stream
-        if st is not None and st.owner == core.id and len(st.sub.names) > limits.max_resource_names:
-            raise LimitExceeded(
-                "too_many_resource_names",
-                f"stream subscribes to {len(st.sub.names):,} {short_type(ts.type_url)} "
-                f"resources; the limit is {limits.max_resource_names:,}",
-            )
 
 
 def _log_event(node: str, core: StreamCore[Any, Any], event: Event, peer: str) -> None:

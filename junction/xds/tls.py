@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -27,7 +28,14 @@ from google.protobuf import any_pb2
 
 from junction.xds.errors import XdsError
 
-__all__ = ["TlsError", "TlsFiles", "peer_identities", "upstream_tls_socket"]
+__all__ = [
+    "Impersonation",
+    "TlsError",
+    "TlsFiles",
+    "check_identity",
+    "peer_identities",
+    "upstream_tls_socket",
+]
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
 
@@ -99,3 +107,19 @@ def upstream_tls_socket(files: TlsFiles, server_name: str = "") -> base_pb2.Tran
     packed = any_pb2.Any()
     packed.Pack(context, deterministic=True)
     return base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=packed)
+
+
+class Impersonation(XdsError):
+    """A node id that the client certificate does not name (``--require-node-identity``)."""
+
+
+def check_identity(request: Any, identities: frozenset[str]) -> None:
+    """Checked before the core sees the request: an impersonating stream must not touch
+    the real node's state (claiming its types would supersede the real stream)."""
+    node_id = request.node.id if request.HasField("node") else ""
+    if node_id and node_id not in identities:
+        names = ", ".join(sorted(identities)) or "none"
+        raise Impersonation(
+            f"node id {node_id!r} is not named by the client certificate "
+            f"(subject alternative names: {names})"
+        )

@@ -199,7 +199,7 @@ def guard_ingress(
             # A native decision route (translate_native) overwrites the header itself: a
             # client's value cannot survive it, and removing it here would drop Junction's
             # own (Envoy evaluates the weighted clusters' headers before the route's).
-            keep = {own} | _overwritten(route)
+            keep = {own} | _overwritten(route) | set(route.request_headers_to_remove)
             route.request_headers_to_remove.extend(sorted(headers - keep))
     return routes
 

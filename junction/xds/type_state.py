@@ -66,9 +66,8 @@ class StreamTypeState:
     target_versions: tuple[Mapping[str, Resource], dict[str, str]] | None = None
 
     def forget_sent(self, *, delta: bool) -> None:
-        """Nothing sent on this stream counts any more: the next response carries the whole
-        target. (Delta: every name the node may hold stays known, so what left the target
-        is removed, but none of their versions: each is sent again.)"""
+        """Nothing sent here counts any more: the next response carries the whole target
+        (delta: the names stay known, so what left is removed; their versions do not)."""
         self.awaiting, self.inflight, self.nonce, self.restore = False, None, "", None
         if delta:
             self.client = dict.fromkeys(self.client, "")
@@ -156,9 +155,8 @@ class TypeState:
     snapshot_version: str = ""
     waiting: frozenset[str] = frozenset()
     stream: StreamTypeState | None = None
-    #: Ids of the open streams of the node that subscribed to this type, oldest first:
-    #: the last one serves it (``stream``); when it closes, the one before takes over
-    #: (:meth:`reclaim`).
+    #: Ids of the node's open streams that subscribed to this type, oldest first: the
+    #: last serves it (``stream``); when it closes, the one before takes over (reclaim).
     claimants: list[int] = field(default_factory=list)
     #: Bumped by every transition that changes :meth:`holding` (see :meth:`held_token`).
     generation: int = 0
@@ -217,11 +215,9 @@ class TypeState:
         return st
 
     def release(self, owner: int) -> None:
-        """Stream ``owner`` ended; the node's state stays for a reconnect.
-
-        A closed stream's answers no longer count (its NACK, the versions it refused): an
-        older stream of the node that is still open takes the type back (:meth:`reclaim`)
-        and is judged on its own answers."""
+        """Stream ``owner`` ended; the node's state stays for a reconnect. Its answers (a
+        NACK, refused versions) no longer count: an older open stream of the node takes the
+        type back (:meth:`reclaim`) and is judged on its own."""
         if owner in self.claimants:
             self.claimants.remove(owner)
         if self.owned_by(owner) is not None:
@@ -233,11 +229,9 @@ class TypeState:
 
     def reclaim(self, owner: int, mine: StreamTypeState, *, delta: bool) -> bool:
         """Give the type back to stream ``owner`` (its earlier state ``mine``) if the newer
-        stream that took it has closed and ``owner`` is now the newest open claimant.
-
-        What the node holds is then unknown (the other stream's ACKs may have been another
-        process's: a copied bootstrap, an overlapping reconnect), so ``mine`` is reset to
-        send the whole target again under a fresh nonce; the answer decides its state."""
+        stream that took it has closed and ``owner`` is now the newest open claimant. What
+        the node holds is then unknown (that stream may have been another process: a copied
+        bootstrap, an overlapping reconnect), so the whole target is sent again."""
         if self.stream is not None or self.claimants[-1:] != [owner] or mine.owner != owner:
             return False
         mine.forget_sent(delta=delta)

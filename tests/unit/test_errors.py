@@ -10,6 +10,7 @@ from junction.als.errors import AlsError
 from junction.canary.errors import CanaryError
 from junction.catalog.errors import CatalogError
 from junction.config.errors import ConfigError
+from junction.drain.model import DrainError
 from junction.errors import JunctionError
 from junction.extproc.errors import BadMessage, ExtProcError
 from junction.xds.errors import XdsError
@@ -20,6 +21,7 @@ BASES: dict[str, type[Exception]] = {
     "junction.canary": CanaryError,
     "junction.catalog": CatalogError,
     "junction.config": ConfigError,
+    "junction.drain": DrainError,
     "junction.extproc": ExtProcError,
     "junction.xds": XdsError,
 }

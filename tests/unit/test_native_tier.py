@@ -128,6 +128,7 @@ route:
     web-api-perl: {prefix: ["/api", "/api/feed"], weight: 90}
     web-api-go:   {prefix: ["/api", "/api/feed"], weight: 10}
     web-asset:    {prefix: ["/asset"]}
+cluster: {loadbalancer: {web-api-perl: {}, web-api-go: {}, web-asset: {}}}
 versions:
   web-api:
     default: perl
