@@ -41,6 +41,7 @@ route:
   cluster:
     web-api-perl: {{prefix: [{prefixes}], weight: 90}}
     web-api-go:   {{prefix: [{prefixes}], weight: 10}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 versions:
   web-api:
     default: perl

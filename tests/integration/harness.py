@@ -99,13 +99,15 @@ class Junction:
             return await resp.text()
 
     async def wait_acked(self, timeout: float = 15.0) -> dict[str, Any]:
-        """Wait until Envoy has ACKed the latest snapshot (every type)."""
+        """Wait until Envoy has ACKed the latest snapshot (every type) and `up` knows its
+        admin address (Envoy can connect to xDS and ACK before `up` has read the address
+        Envoy writes once its admin listener is up)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             with contextlib.suppress(aiohttp.ClientError):
                 status = await self.status()
-                if status["snapshot"]["version"] and _all_acked(status):
+                if status["snapshot"]["version"] and _all_acked(status) and status["envoy_admin"]:
                     return status
             if loop.time() > deadline:
                 raise AssertionError(f"Envoy did not ACK within {timeout}s; log:\n{self.log()}")

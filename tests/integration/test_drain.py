@@ -24,6 +24,7 @@ listener:
   listen: {{address: 127.0.0.1, port: {listener}}}
   timeout: {{connect: 1, request: 10}}
 route: {{domain: [example.com], cluster: {{svc: {{prefix: [/]}}}}}}
+cluster: {{loadbalancer: {{svc: {{}}}}}}
 """
 
 

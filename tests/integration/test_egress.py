@@ -29,6 +29,9 @@ route:
     web-asset:    {{prefix: [/asset]}}
 cluster:
   loadbalancer:
+    web-api-perl: {{}}
+    web-api-go: {{}}
+    web-asset: {{}}
     web-feed-perl: {{lb-policy: round-robin}}
     web-feed-go:   {{lb-policy: round-robin}}
 versions:

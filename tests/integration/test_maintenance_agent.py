@@ -19,6 +19,7 @@ CONFIG = """\
 listener:
   listen: {{address: 127.0.0.1, port: {listener}}}
 route: {{domain: [example.com], cluster: {{svc: {{prefix: [/]}}}}}}
+cluster: {{loadbalancer: {{svc: {{}}}}}}
 """
 
 

@@ -32,12 +32,15 @@ route:
   cluster:
     web-api-perl: {{prefix: ["/api"], weight: 90}}
     web-api-go:   {{prefix: ["/api"], weight: 10}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 versions:
   web-api:
     default: perl
     clusters: {{perl: web-api-perl, go: web-api-go}}
     pin: {{trust: any}}
-decision: {{transport: http, failure-mode: open, timeout: 5}}
+# force-service: pins with trust any are otherwise decided by Envoy itself (native tier),
+# and this test is about the decision service's own counters.
+decision: {{transport: http, failure-mode: open, timeout: 5, force-service: true}}
 """
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

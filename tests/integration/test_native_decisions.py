@@ -45,6 +45,7 @@ route:
   cluster:
     web-api-perl: {{prefix: ["/api"], weight: 70}}
     web-api-go:   {{prefix: ["/api"], weight: 30}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 versions:
   web-api:
     default: perl
