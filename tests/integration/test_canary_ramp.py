@@ -100,7 +100,7 @@ async def all_on(listener: int, service: str, *, headers: dict[str, str] | None 
     return await until(batch, lambda t: set(t.services) == {service} and not t.errors)
 
 
-@pytest.mark.timeout(300)  # ~20+15+60+30+30+60 s of bounds, plus teardown
+@pytest.mark.timeout(360)  # ~60+15+60+30+30+60 s of bounds, plus teardown
 async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_path: Path) -> None:
     perl, go, listener = free_port(), free_port(), free_port()
     interval = 2.0
@@ -169,7 +169,7 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
     assert "treatment" in text and "vs control" in text
 
 
-@pytest.mark.timeout(330)  # ~20+15+90+30+60+60 s of bounds, plus teardown
+@pytest.mark.timeout(390)  # ~60+15+90+30+60+60 s of bounds, plus teardown
 async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path) -> None:
     perl, go, listener = free_port(), free_port(), free_port()
     cfg, instances = write_stack(
@@ -231,7 +231,7 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.timeout(330)  # ~20+15+20+60+5+20+90 s of bounds, plus teardown
+@pytest.mark.timeout(480)  # ~60+15+60+60+5+60+90 s of bounds, plus teardown
 async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) -> None:
     perl, go, listener, als_port = free_port(), free_port(), free_port(), free_port()
     cfg, instances = write_stack(

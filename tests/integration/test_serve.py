@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from harness import ROOT, drive, free_port, stop_process, upstreams, wait_port
+from harness import ROOT, STARTUP, drive, free_port, stop_process, upstreams, wait_port
 
 from junction.envoy_process import EnvoyProcess
 
@@ -31,7 +31,7 @@ async def serve(
         stdout=log, stderr=log, cwd=ROOT,
     )  # fmt: skip
     try:
-        await wait_port(http_port, timeout=20)
+        await wait_port(http_port, timeout=STARTUP)
         yield http_port, xds_port
     finally:
         await stop_process(proc)
