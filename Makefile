@@ -30,10 +30,9 @@ integration: $(STAMP)
 ## pyproject.toml); the summary is printed, htmlcov/ has the detail. ARGS: pytest's.
 coverage: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -q -p no:cacheprovider $(ARGS)
-	$(BIN)/coverage combine -q
-	$(BIN)/coverage report
-	$(BIN)/coverage html -q
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider $(ARGS); status=$$?; \
+	$(BIN)/coverage combine -q && $(BIN)/coverage report && $(BIN)/coverage html -q; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check junction tests loadtest examples

@@ -23,6 +23,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+#: A bound on a child process opening its port: Python's imports alone take seconds on a
+#: loaded machine, several times that under `make coverage`.
+STARTUP = 60.0
 
 
 def free_port() -> int:
@@ -154,7 +157,7 @@ async def junction_up(
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     junction = Junction(proc, http_port, listener_port, log_path, session)
     try:
-        await wait_port(http_port, timeout=20)
+        await wait_port(http_port, timeout=STARTUP)
         yield junction
     finally:
         await session.close()

@@ -23,6 +23,7 @@ from conftest import eventually, until
 from harness import (
     PYTHON,
     ROOT,
+    STARTUP,
     Tally,
     drive,
     free_port,
@@ -100,7 +101,7 @@ async def als_serve(
         )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     try:
-        await wait_port(http_port, timeout=20)
+        await wait_port(http_port, timeout=STARTUP)
         yield AlsProcess(proc, port, http_port, log_path, session)
     finally:
         await session.close()

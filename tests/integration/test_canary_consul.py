@@ -20,7 +20,7 @@ import consul.aio
 import pytest
 from conftest import until
 from consul_double import ConsulDouble
-from harness import ROOT, Tally, drive, free_port, junction_up, upstreams, wait_port
+from harness import ROOT, STARTUP, Tally, drive, free_port, junction_up, upstreams, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ async def test_two_replicas_share_the_ramp_through_consul(tmp_path: Path) -> Non
                     ) as a,
                     aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
                 ):
-                    await wait_port(b_http, timeout=20)
+                    await wait_port(b_http, timeout=STARTUP)
                     await a.wait_acked()
                     tally, stop = Tally(), asyncio.Event()
                     traffic = asyncio.create_task(

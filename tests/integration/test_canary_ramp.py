@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import until
 from harness import ROOT, Junction, Tally, drive, free_port, junction_up, post, upstreams
@@ -101,7 +102,23 @@ async def all_on(listener: int, service: str, *, headers: dict[str, str] | None 
     return await until(batch, lambda t: set(t.services) == {service} and not t.errors)
 
 
-@pytest.mark.timeout(300)  # ~20+15+60+30+30+60 s of bounds, plus teardown
+async def decisions_answered(listener: int) -> None:
+    """Until the decision service (started lazily) decides: a pin on the baseline comes
+    back tagged with its decision (the demo upstream echoes x-junction-decision)."""
+
+    async def decision() -> str:
+        timeout = aiohttp.ClientTimeout(total=10)
+        headers = {"Host": "example.com", "x-junction-version": "perl"}
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"http://127.0.0.1:{listener}/api/x", headers=headers) as resp,
+        ):
+            return resp.headers.get("x-echo-x-junction-decision", "")
+
+    await until(decision, lambda d: d == "pin=perl", timeout=60)
+
+
+@pytest.mark.timeout(420)  # ~60+15+60+60+30+30+60 s of bounds, plus teardown
 async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_path: Path) -> None:
     perl, go, listener = free_port(), free_port(), free_port()
     interval = 4.0
@@ -117,6 +134,8 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
         junction_up(tmp_path, cfg, instances, listener_port=listener, extra=extra) as j,
     ):
         await j.wait_acked()
+        # Until then Envoy fails open: no request would carry a pin or an experiment arm.
+        await decisions_answered(listener)
         await post(f"http://127.0.0.1:{go}/_control?error_rate=0.2")
         tally, stop = Tally(), asyncio.Event()
         traffic = asyncio.create_task(
@@ -171,7 +190,7 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
     assert "treatment" in text and "vs control" in text
 
 
-@pytest.mark.timeout(330)  # ~20+15+90+30+60+60 s of bounds, plus teardown
+@pytest.mark.timeout(390)  # ~60+15+90+30+60+60 s of bounds, plus teardown
 async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path) -> None:
     perl, go, listener = free_port(), free_port(), free_port()
     cfg, instances = write_stack(
@@ -235,7 +254,7 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.timeout(200)  # ~20+15+70 s of bounds, plus teardown
+@pytest.mark.timeout(260)  # ~60+15+70 s of bounds, plus teardown
 async def test_both_versions_failing_alike_are_not_rolled_back(tmp_path: Path) -> None:
     """A/A at 2 % errors: the old thresholds rolled 5 of 6 such runs back."""
     perl, go, listener = free_port(), free_port(), free_port()
@@ -274,7 +293,7 @@ async def test_both_versions_failing_alike_are_not_rolled_back(tmp_path: Path) -
         assert sum(e["evidence"]["baseline"]["errors"] for e in failing) > 0
 
 
-@pytest.mark.timeout(330)  # ~20+15+20+60+5+20+90 s of bounds, plus teardown
+@pytest.mark.timeout(480)  # ~60+15+60+60+5+60+90 s of bounds, plus teardown
 async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) -> None:
     perl, go, listener, als_port = free_port(), free_port(), free_port(), free_port()
     cfg, instances = write_stack(

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from conftest import until
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from harness import ROOT, drive, free_port, stop_process, upstreams, wait_port
+from harness import ROOT, STARTUP, drive, free_port, stop_process, upstreams, wait_port
 from xds_snapshots import nack, request
 
 from junction.envoy_process import EnvoyProcess
@@ -36,7 +36,7 @@ async def serve(
         stdout=log, stderr=log, cwd=ROOT,
     )  # fmt: skip
     try:
-        await wait_port(http_port, timeout=20)
+        await wait_port(http_port, timeout=STARTUP)
         yield http_port, xds_port
     finally:
         await stop_process(proc)
