@@ -103,7 +103,8 @@ class Simulation:
     """What to simulate: one service's ramp policy under one traffic scenario."""
 
     config: Config
-    service: str
+    #: None: the config's only ramp.
+    service: str | None
     traffic: Traffic
     tick: float = LIVE_TICK
     max_seconds: float | None = None
