@@ -55,7 +55,9 @@ __all__ = [
     "Summary",
     "Traffic",
     "min_ramp_seconds",
+    "run_batch",
     "run_once",
+    "run_seeds",
     "simulate",
     "single_ramp",
     "summarize",
@@ -211,7 +213,8 @@ def run_once(sim: Simulation, seed: int) -> RunOutcome:
     return asyncio.run(_run(sim, config, policy, seed))
 
 
-def _batch(sim: Simulation, seeds: Sequence[int]) -> list[RunOutcome]:
+def run_batch(sim: Simulation, seeds: Sequence[int]) -> list[RunOutcome]:
+    """One ramp per seed, in order, in this process."""
     config, policy = single_ramp(sim.config, sim.service)
 
     async def all_runs() -> list[RunOutcome]:
@@ -234,11 +237,11 @@ def simulate(sim: Simulation, runs: int, *, seed: int = 1, workers: int = 1) -> 
     seeds = run_seeds(seed, runs)
     workers = max(1, min(workers, runs, os.cpu_count() or 1))
     if workers == 1:
-        return _batch(sim, seeds)
+        return run_batch(sim, seeds)
     size = math.ceil(runs / workers)
     chunks = [seeds[i : i + size] for i in range(0, runs, size)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(_batch, [sim] * len(chunks), chunks))
+        parts = list(pool.map(run_batch, [sim] * len(chunks), chunks))
     return [o for part in parts for o in part]
 
 
