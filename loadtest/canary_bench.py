@@ -175,7 +175,7 @@ _LOG_GAMMA = math.log(_GAMMA)
 _OFFSET, _BINS = 400, 1400  # buckets for 0.0003 ms .. 10^8 ms
 
 
-class _Histogram:
+class Histogram:
     """A DDSketch-like log-bucketed histogram (Masson, Rim, Lee, VLDB 2019), in numpy."""
 
     def __init__(self) -> None:
@@ -207,7 +207,7 @@ def old_rule_run(traffic: Traffic, policy: OldPolicy, seed: int, max_seconds: fl
     while True:
         if fresh:
             c_n = c_err = b_n = b_err = 0
-            c_hist, b_hist = _Histogram(), _Histogram()
+            c_hist, b_hist = Histogram(), Histogram()
             fresh = False
         if now >= max_seconds:
             return RunOutcome("undecided", now, cand_total, promotions)
