@@ -54,6 +54,7 @@ __all__ = [
     "Grid",
     "beta_mixture_log_bf",
     "count_log_lr",
+    "guardrail_alternatives",
     "guardrail_log_e",
     "log_mean_exp",
     "noninferiority_grid",
@@ -143,16 +144,21 @@ def sample_ratio_log_e(cand: int, base: int, share: float, tolerance: float) -> 
     return float(log_mean_exp(np.concatenate(logs)))
 
 
-#: The guardrail's alternatives: the candidate's true error rate p1 = p0 + (1 - p0) * u.
-_GUARD_STEPS = np.geomspace(0.01, 0.9, 16)
+def guardrail_alternatives(max_rate: float, points: int = 24) -> Floats:
+    """The guardrail's alternatives: error rates p1 = p0 + (1 - p0) u, u from 1 % to 90 %
+    geometrically (close above p0 to far above it)."""
+    if not 0.0 < max_rate < 1.0:
+        raise ValueError(f"max_rate must be in (0, 1), got {max_rate}")
+    out: Floats = max_rate + (1.0 - max_rate) * np.geomspace(0.01, 0.9, points)
+    return out
 
 
 def guardrail_log_e(requests: int, errors: int, max_rate: float) -> float:
     """Log e-value against "the candidate's error rate is at most ``max_rate``" from its
     totals (a mixture of Bernoulli likelihood ratios over rates above ``max_rate``)."""
-    if requests <= 0 or not 0.0 < max_rate < 1.0:
+    if requests <= 0:
         return 0.0
-    p1 = max_rate + (1.0 - max_rate) * _GUARD_STEPS
+    p1 = guardrail_alternatives(max_rate)
     logs = errors * np.log(p1 / max_rate) + (requests - errors) * np.log1p(
         -(p1 - max_rate) / (1.0 - max_rate)
     )
