@@ -33,6 +33,7 @@ from junction.canary.evidence import (
     SideCounts,
     StepEvidence,
     TickCounts,
+    bucket_edge,
     edge_bucket,
     latency_bucket,
 )

@@ -43,8 +43,9 @@ import numpy.typing as npt
 
 from junction.als.record import SOURCE_SPLIT
 from junction.als.stats import wilson
-from junction.als.windows import WindowKey, Windows, bucket_edge, latency_bucket
+from junction.als.windows import WindowKey, Windows
 from junction.canary.controller import CanaryController
+from junction.canary.evidence import bucket_edge, latency_bucket
 from junction.canary.memstore import MemoryStateStore
 from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.replay import LIVE_HORIZON, LIVE_SLOT, LIVE_TICK, ManualClock

@@ -6,7 +6,8 @@ import random
 from collections import Counter
 
 from junction.als.record import SOURCE_SPLIT, LogRecord
-from junction.als.windows import WindowKey, Windows, latency_bucket, snap_threshold
+from junction.als.windows import WindowKey, Windows
+from junction.canary.evidence import latency_bucket, snap_threshold
 
 
 class Clock:
