@@ -45,12 +45,13 @@ from junction.canary.state import CanaryEvent, CanaryState, Phase
 from junction.canary.step import (
     CanaryDecision,
     initial_state,
+    judge_states,
     needs_write,
     pending_window,
     step,
     step_thresholds,
 )
-from junction.canary.store import StateStore
+from junction.canary.store import StateStore, Stored
 from junction.config.model import Config
 
 __all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
@@ -116,8 +117,8 @@ class CanaryController:
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
-        #: The latest decision per service, holds included, with the e-values it read.
-        self.latest: dict[str, dict[str, Any]] = {}
+        #: The latest decision per service, holds included (its evidence: the e-values).
+        self.latest: dict[str, CanaryDecision] = {}
 
     async def run(self) -> None:
         while True:
@@ -128,32 +129,57 @@ class CanaryController:
             await asyncio.sleep(self._tick)
 
     async def tick(self) -> list[CanaryDecision]:
-        """One pass over every ramp; returns the decisions recorded (with an event)."""
+        """One pass over every ramp; returns the decisions recorded (with an event).
+
+        Reads every state first, then folds all ramps' new ticks into their tests in one
+        stacked update (:func:`~junction.canary.step.judge_states`), then decides and
+        writes ramp by ramp."""
         self.ticks += 1
         if self._drops is not None:
             await self._drops.poll()
         config = self._config()
         if config is None:
             return []
-        made: list[CanaryDecision] = []
         errors: list[str] = []
+        ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
+        now = self._clock()
         for policy in policies(config).values():
             try:
-                decision = await self._service(policy)
+                read = await self._read(policy, now)
             except StoreError as exc:
                 errors.append(str(exc))
                 continue
-            if decision is not None:
-                made.append(decision)
+            if read is not None:
+                stored, state = read
+                working = fix_thresholds(self.windows, policy, state, now)
+                evidence = gather_evidence(self.windows, policy, working, now)
+                ramps.append((policy, stored, working, evidence))
+        judged = judge_states([(w, ev, p) for p, _, w, ev in ramps], now)
+        made: list[CanaryDecision] = []
+        for (policy, stored, _, evidence), working in zip(ramps, judged, strict=True):
+            decision = step(working, evidence, policy, now)
+            self.latest[policy.service] = decision
+            stored_state = stored.state
+            assert stored_state is not None
+            if decision.event is None and not needs_write(
+                stored_state, decision.state, evidence.tick_seconds
+            ):
+                continue
+            try:
+                if await self._write(decision, stored.index):
+                    made.append(decision)
+            except StoreError as exc:
+                errors.append(str(exc))
         error = "; ".join(errors) or None
         if error and error != self.error:
             log.warning("canary controller: %s (ramps hold until the store answers)", error)
         self.error = error
         return made
 
-    async def _service(self, policy: CanaryPolicy) -> CanaryDecision | None:
+    async def _read(self, policy: CanaryPolicy, now: float) -> tuple[Stored, CanaryState] | None:
+        """The stored state of a ramp that is ramping; a missing, corrupt or other
+        candidate's state starts a new ramp (written here; judged from the next tick)."""
         stored = await self.store.get(policy.service)
-        now = self._clock()
         state = stored.state if stored is not None else None
         if state is None or (state.baseline, state.candidate) != (
             policy.baseline,
@@ -167,28 +193,20 @@ class CanaryController:
             else:
                 self.lost_races += 1
             return None
-        if state.phase is not Phase.RAMPING:
+        if state.phase is not Phase.RAMPING or stored is None:
             return None
-        working = fix_thresholds(self.windows, policy, state, now)
-        evidence = gather_evidence(self.windows, policy, working, now)
-        decision = step(working, evidence, policy, now)
-        self.latest[policy.service] = {
-            "at": now,
-            "action": decision.action.value,
-            "reason": decision.reason,
-            "evidence": decision.evidence,
-        }
-        if decision.event is None and not needs_write(state, decision.state, evidence.tick_seconds):
-            return None
-        assert stored is not None
-        if not await self.store.put(decision.state, index=stored.index):
+        return stored, state
+
+    async def _write(self, decision: CanaryDecision, index: int) -> bool:
+        """Store the decision's state at ``index``; True if it recorded an event."""
+        if not await self.store.put(decision.state, index=index):
             # Another replica decided first; its state is read on the next tick.
             self.lost_races += 1
-            return None
+            return False
         if decision.event is None:
-            return None  # a checkpoint of the tests, not a decision
+            return False  # a checkpoint of the tests, not a decision
         self._record(decision.event)
-        return decision
+        return True
 
     def _record(self, event: CanaryEvent) -> None:
         self.events.append(event)
@@ -210,5 +228,13 @@ class CanaryController:
             "lost_races": self.lost_races,
             "envoy_drops": self._drops.status() if self._drops is not None else None,
             "recent_events": [e.to_json() for e in list(self.events)[-20:]],
-            "latest": dict(sorted(self.latest.items())),
+            "latest": {
+                name: {
+                    "at": d.at,
+                    "action": d.action.value,
+                    "reason": d.reason,
+                    "evidence": d.evidence,
+                }
+                for name, d in sorted(self.latest.items())
+            },
         }

@@ -31,12 +31,21 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from junction.canary.errors import CommandError
 from junction.canary.evidence import SideCounts, StepEvidence, TickCounts, snap_threshold
-from junction.canary.monitor import RampStats, Reading, judge, metric_weights, read, sample_ratio
+from junction.canary.monitor import (
+    Job,
+    RampStats,
+    Reading,
+    judge_many,
+    metric_weights,
+    read,
+    sample_ratio,
+)
 from junction.canary.policy import CanaryPolicy
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 
@@ -50,6 +59,7 @@ __all__ = [
     "closed_tick",
     "decision_evidence",
     "initial_state",
+    "judge_states",
     "needs_write",
     "pending_window",
     "step",
@@ -167,26 +177,57 @@ def _due(
     return ticks
 
 
+def _job(
+    state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
+) -> Job | None:
+    """What :func:`judge_many` must fold for this ramp; None: nothing (tests up to date)."""
+    if state.phase is not Phase.RAMPING:
+        return None
+    ticks = _due(state, evidence, policy, now)
+    if not ticks and state.stats is not None:
+        return None
+    ts = evidence.tick_seconds
+    return Job(
+        state.stats or RampStats.fresh(policy.latency_metrics),
+        ticks,
+        policy.test_settings(),
+        step_from_tick=math.ceil(state.step_started / ts),
+        ratio_from_tick=math.ceil((state.step_started + policy.grace) / ts),
+        missing=evidence.missing if ticks else 0,
+    )
+
+
+def judge_states(
+    items: Sequence[tuple[CanaryState, StepEvidence, CanaryPolicy]], now: float
+) -> list[CanaryState]:
+    """Each ramp's state with its due ticks folded into its tests, all ramps at once (one
+    stacked update: the controller's way, for its CPU); :func:`step` on a result with the
+    same evidence then only decides. ``step`` alone gives the same decisions."""
+    jobs: list[Job] = []
+    where: list[int] = []
+    for i, (state, evidence, policy) in enumerate(items):
+        job = _job(state, evidence, policy, now)
+        if job is not None:
+            jobs.append(job)
+            where.append(i)
+    out = [state for state, _, _ in items]
+    for i, stats in zip(where, judge_many(jobs), strict=True):
+        out[i] = replace(out[i], stats=stats)
+    return out
+
+
 def step(
     state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
 ) -> CanaryDecision:
     """Decide one step (the rules are in the module docstring)."""
     if state.phase is not Phase.RAMPING:
         return CanaryDecision(Action.HOLD, f"canary is {state.phase.value}", state)
-    settings = policy.test_settings()
     ts = evidence.tick_seconds
-    ticks = _due(state, evidence, policy, now)
+    job = _job(state, evidence, policy, now)
+    if job is not None:
+        state = replace(state, stats=judge_many([job])[0])
     stats = state.stats
-    if ticks or stats is None:
-        stats = judge(
-            state.stats or RampStats.fresh(policy.latency_metrics),
-            ticks,
-            settings,
-            step_from_tick=math.ceil(state.step_started / ts),
-            ratio_from_tick=math.ceil((state.step_started + policy.grace) / ts),
-            missing=evidence.missing if ticks else 0,
-        )
-        state = replace(state, stats=stats)
+    assert stats is not None  # judged above when there were none
     reject = math.log(1.0 / policy.alpha)
     if stats.peak >= reject:
         facts = decision_evidence(state, policy, now, ts)
@@ -194,12 +235,11 @@ def step(
         return _decide(state, Action.ROLLBACK, 0, reason, now, facts, phase=Phase.ROLLED_BACK)
 
     tally = stats.step
-    reading = read(stats)
     enough = min(tally.baseline.requests, tally.candidate.requests) >= policy.min_requests
     proven = (
         enough
         and len(state.thresholds_ms) == policy.latency_metrics
-        and all(v >= reject for v in reading.noninferior)
+        and all(v >= reject for v in stats.values[stats.latency + 2 :])
     )
     age = now - state.step_started
     if age < policy.interval and not proven:
@@ -238,7 +278,8 @@ def step(
         )
         restart = True
     else:
-        return _promote(state, stats, reading, policy, now, facts, early=age < policy.interval)
+        early = age < policy.interval
+        return _promote(state, stats, read(stats), policy, now, facts, early=early)
     return _inconclusive(state, stats, reason, policy, now, facts, restart)
 
 
