@@ -138,6 +138,12 @@ def test_replay_is_deterministic_and_rotation_does_not_change_it(
     assert len(files) >= 5  # really rotated: rot.jsonl, rot.jsonl.1, ...
     first = decisions(one)
     assert first[0] == 0 and len(first[1]) >= 2  # a start and at least one decision
+    # Replay judges the traffic as logged (a 10 % split): once it promotes to 50 %, the
+    # sample-ratio check sees the split disagree and holds, saying why.
+    assert [e["action"] for e in first[1][:2]] == ["start", "promote"]
+    assert any(
+        e["action"] == "inconclusive" and "sample ratio" in str(e["reason"]) for e in first[1]
+    )
     assert decisions(one) == first
     rc, events, err = decisions(rotated)
     assert rc == 0
