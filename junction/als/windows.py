@@ -51,7 +51,16 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("buckets", "failures", "pending", "requests", "resets", "server_errors", "sketch")
+    __slots__ = (
+        "buckets",
+        "failures",
+        "pending",
+        "requests",
+        "resets",
+        "server_errors",
+        "sketch",
+        "slow_cache",
+    )
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -65,6 +74,9 @@ class _Counts:
         #: Latency buckets counted by :meth:`Windows.add_counts` but not yet in the sketch:
         #: folded in once, when the sketch is read (:meth:`quantile_sketch`).
         self.pending: dict[int, int] | None = None
+        #: (edges, slow counts) of the last :meth:`slow_counts` (a slot is read at every
+        #: tick until judged, with the same edges; any count added clears it).
+        self.slow_cache: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def quantile_sketch(self) -> DDSketch:
         """The latency sketch, every request counted (readers use this, not ``sketch``)."""
@@ -77,6 +89,16 @@ class _Counts:
     def slow(self, bucket: int) -> int:
         """Requests in buckets above ``bucket`` (slower than its upper edge)."""
         return sum(n for k, n in self.buckets.items() if k > bucket)
+
+    def slow_counts(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """:meth:`slow` for each of ``edges`` (bucket numbers), remembered until a count
+        is added."""
+        cached = self.slow_cache
+        if cached is not None and cached[0] == edges:
+            return cached[1]
+        out = tuple(self.slow(e) for e in edges)
+        self.slow_cache = (edges, out)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +228,7 @@ class Windows:
             counts.sketch.add(r.ms)
             b = latency_bucket(r.ms)
             counts.buckets[b] = counts.buckets.get(b, 0) + 1
+            counts.slow_cache = None
 
     def add_counts(
         self,
@@ -234,6 +257,7 @@ class Windows:
         counts = slot.get(key)
         if counts is None:
             counts = slot[key] = _Counts(self.relative_accuracy)
+        counts.slow_cache = None
         pending = counts.pending
         if pending is None:
             pending = counts.pending = {}
@@ -340,9 +364,7 @@ class Windows:
             for (_, k_cluster, _, k_source), c in bucket.items():
                 if k_source != SOURCE_SPLIT or k_cluster not in sides:
                     continue
-                sides[k_cluster] += SideCounts(
-                    c.requests, c.failures, tuple(c.slow(e) for e in edges)
-                )
+                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow_counts(edges))
             if sides[baseline].requests or sides[candidate].requests:
                 ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
         return StepEvidence(
