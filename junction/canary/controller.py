@@ -117,6 +117,7 @@ class CanaryController:
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
+        self._policies: tuple[Config, dict[str, CanaryPolicy]] | None = None
         #: The latest decision per service, holds included (its evidence: the e-values).
         self.latest: dict[str, CanaryDecision] = {}
 
@@ -143,7 +144,9 @@ class CanaryController:
         errors: list[str] = []
         ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
         now = self._clock()
-        for policy in policies(config).values():
+        if self._policies is None or self._policies[0] is not config:
+            self._policies = (config, policies(config))  # once per config, not per tick
+        for policy in self._policies[1].values():
             try:
                 read = await self._read(policy, now)
             except StoreError as exc:

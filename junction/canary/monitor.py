@@ -403,6 +403,7 @@ def _update(lay: Layout, jobs: list[Job], ticks: list[TickCounts]) -> tuple[Floa
         grids += jobs[0].stats.grid
     else:
         grids += np.stack([j.stats.grid for j in jobs])
+    grids.flags.writeable = False  # the rows become the ramps' (immutable) grids
     top = grids.max(axis=2, keepdims=True)
     logs = top[:, :, 0] + np.log(np.exp(grids - top).mean(axis=2))
     roll = logs[:, : lay.rollback_rows] + lay.log_weights
@@ -412,7 +413,8 @@ def _update(lay: Layout, jobs: list[Job], ticks: list[TickCounts]) -> tuple[Floa
 
 
 def _result(job: Job, grid: Floats, logs: Floats, peak: float) -> RampStats:
-    """The job's stats after its ticks: the new grid and values, and the counts."""
+    """The job's stats after its ticks: the new grid (a read-only row of the batch's
+    array), its values, and the counts."""
     k = job.settings.latency_metrics
     stats = job.stats
     tally = stats.step
@@ -428,8 +430,6 @@ def _result(job: Job, grid: Floats, logs: Floats, peak: float) -> RampStats:
         cand_sum += _pad(t.candidate, k)
         if t.tick >= job.ratio_from_tick:
             rb, rc = rb + t.baseline.requests, rc + t.candidate.requests
-    grid = np.array(grid)
-    grid.flags.writeable = False
     return RampStats(
         grid=grid,
         values=tuple(logs.tolist()),
