@@ -92,17 +92,28 @@ class _Counts:
             self.pending = None
         return self.sketch
 
-    def slow(self, bucket: int) -> int:
-        """Requests in buckets above ``bucket`` (slower than its upper edge)."""
-        return sum(n for k, n in self.buckets.items() if k > bucket)
+    def slow(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """Per bucket of ``edges``: the requests in buckets above it (slower than its upper
+        edge). One pass over the histogram, whatever the number of edges."""
+        order = sorted(range(len(edges)), key=edges.__getitem__)
+        ascending = [edges[i] for i in order]
+        counts = [0] * len(edges)
+        for k, n in self.buckets.items():
+            for j, edge in enumerate(ascending):
+                if k <= edge:
+                    break  # not above this edge, so not above any higher one
+                counts[j] += n
+        out = [0] * len(edges)
+        for j, i in enumerate(order):
+            out[i] = counts[j]
+        return tuple(out)
 
     def slow_counts(self, edges: tuple[int, ...]) -> tuple[int, ...]:
-        """:meth:`slow` for each of ``edges`` (bucket numbers), remembered until a count
-        is added."""
+        """:meth:`slow`, remembered until a count is added."""
         cached = self.slow_cache
         if cached is not None and cached[0] == edges:
             return cached[1]
-        out = tuple(self.slow(e) for e in edges)
+        out = self.slow(edges)
         self.slow_cache = (edges, out)
         return out
 
