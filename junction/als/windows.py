@@ -28,7 +28,7 @@ than the horizon are counted in :attr:`Windows.late` and skipped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +38,7 @@ from junction.als.evidence import (
     SideCounts,
     StepEvidence,
     TickCounts,
+    bucket_edge,
     edge_bucket,
     latency_bucket,
 )
@@ -56,7 +57,16 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("buckets", "failures", "requests", "resets", "server_errors", "sketch")
+    __slots__ = (
+        "buckets",
+        "failures",
+        "pending",
+        "requests",
+        "resets",
+        "server_errors",
+        "sketch",
+        "slow_cache",
+    )
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -67,6 +77,20 @@ class _Counts:
         #: Exact latency histogram (bucket -> count, :func:`latency_bucket`): the canary's
         #: slow counts against thresholds only known when a step starts.
         self.buckets: dict[int, int] = {}
+        #: Latency buckets counted by :meth:`Windows.add_counts` but not yet in the sketch:
+        #: folded in once, when the sketch is read (:meth:`quantile_sketch`).
+        self.pending: dict[int, int] | None = None
+        #: (edges, slow counts) of the last :meth:`slow_counts` (a slot is read at every
+        #: tick until judged, with the same edges; any count added clears it).
+        self.slow_cache: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def quantile_sketch(self) -> DDSketch:
+        """The latency sketch, every request counted (readers use this, not ``sketch``)."""
+        if self.pending:
+            for b, n in self.pending.items():
+                self.sketch.add(bucket_edge(b), n)
+            self.pending = None
+        return self.sketch
 
     def slow(self, edges: tuple[int, ...]) -> tuple[int, ...]:
         """Per bucket of ``edges``: the requests in buckets above it (slower than its upper
@@ -83,6 +107,15 @@ class _Counts:
         for j, i in enumerate(order):
             out[i] = counts[j]
         return tuple(out)
+
+    def slow_counts(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """:meth:`slow`, remembered until a count is added."""
+        cached = self.slow_cache
+        if cached is not None and cached[0] == edges:
+            return cached[1]
+        out = self.slow(edges)
+        self.slow_cache = (edges, out)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +168,7 @@ def _figures(parts: Iterable[_Counts], relative_accuracy: float) -> Figures:
         failures += c.failures
         server_errors += c.server_errors
         resets += c.resets
-        merged.merge(c.sketch)
+        merged.merge(c.quantile_sketch())
     if not requests:
         return Figures()
     return Figures(
@@ -212,6 +245,47 @@ class Windows:
             counts.sketch.add(r.ms)
             b = latency_bucket(r.ms)
             counts.buckets[b] = counts.buckets.get(b, 0) + 1
+            counts.slow_cache = None
+
+    def add_counts(
+        self,
+        key: WindowKey,
+        end: float,
+        failures: int,
+        latency_buckets: Mapping[int, int],
+    ) -> None:
+        """Count requests of one key that ended at ``end``, given as counts: ``failures`` of
+        them failed (as 5xx), ``latency_buckets`` maps :func:`latency_bucket` to requests.
+
+        For simulations that draw a tick's counts instead of its requests
+        (:mod:`junction.canary.simulate`): the slot, the key, the requests, failures and
+        slow counts are those :meth:`add` keeps for the same requests; the quantile sketch
+        gets each bucket's upper edge (buckets are 2 % wide), once it is read (most
+        simulated sketches never are: adding to them was most of a simulated tick's cost)."""
+        now = self._clock()
+        end = min(end, now)
+        if end < now - self.horizon:
+            self.late += sum(latency_buckets.values())
+            return
+        index = int(end // self.slot_seconds)
+        slot = self._slots.get(index)
+        if slot is None:
+            slot = self._open(index)
+        counts = slot.get(key)
+        if counts is None:
+            counts = slot[key] = _Counts(self.relative_accuracy)
+        counts.slow_cache = None
+        pending = counts.pending
+        if pending is None:
+            pending = counts.pending = {}
+        buckets = counts.buckets
+        for b, n in latency_buckets.items():
+            if n:
+                counts.requests += n
+                buckets[b] = buckets.get(b, 0) + n
+                pending[b] = pending.get(b, 0) + n
+        counts.failures += failures
+        counts.server_errors += failures
 
     def note_missing(self, entries: int, at: float | None = None) -> None:
         """Record ``entries`` log entries known lost (dropped by Envoy or the receiver)."""
@@ -278,7 +352,7 @@ class Windows:
         for index in self._indexes(start, end):
             for (_, k_cluster, _, k_source), counts in (self._slots.get(index) or {}).items():
                 if k_cluster == cluster and k_source == SOURCE_SPLIT:
-                    merged.merge(counts.sketch)
+                    merged.merge(counts.quantile_sketch())
         if not merged.count:
             return None
         return tuple(float(merged.get_quantile_value(q) or 0.0) for q in quantiles)
@@ -307,7 +381,7 @@ class Windows:
             for (_, k_cluster, _, k_source), c in bucket.items():
                 if k_source != SOURCE_SPLIT or k_cluster not in sides:
                     continue
-                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow(edges))
+                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow_counts(edges))
             if sides[baseline].requests or sides[candidate].requests:
                 ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
         return StepEvidence(
