@@ -11,7 +11,7 @@ near the threshold it is larger than the one-look p (30 against 10 errors of 1,0
 against 0.0014). It never rises again once low: a later look cannot undo a rejection.
 
 The e-process is the canary's conditional count test
-(:func:`junction.canary.sequential.count_log_lr`; Lindon & Malek, NeurIPS 2022), made
+(:func:`junction.sequential.count_log_lr`; Lindon & Malek, NeurIPS 2022), made
 two-sided: an equal-weight mixture over error-rate ratios ``r`` from 1.1 to 20 *and* from
 1/1.1 to 1/20 of the arm against control (a mixture of e-processes is one). Per time bucket
 (:data:`BUCKET_SECONDS`, fixed in advance, never chosen from the data) it reads the arm's
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from junction.canary.sequential import Grid, count_log_lr, log_mean_exp
+from junction.sequential import Grid, count_log_lr, log_mean_exp
 
 __all__ = ["BUCKET_SECONDS", "TWO_SIDED", "anytime_p", "bucket_of"]
 

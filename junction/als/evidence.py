@@ -14,7 +14,7 @@ replay, every replica of a fleet) and whoever decides (:func:`junction.canary.st
 - :class:`StepEvidence`: the ticks of the current step (sorted), the latency thresholds they
   were counted against, and the log entries known lost meanwhile.
 
-Merging is exact: the e-processes of :mod:`junction.canary.sequential` only read per-tick
+Merging is exact: the e-processes of :mod:`junction.sequential` only read per-tick
 sums, so ``a.merge(b)`` of two replicas' evidence decides the same as one receiver that saw
 both replicas' logs. The JSON form holds counts only: its size is bounded by the number of
 ticks, never by the traffic.

@@ -1,12 +1,12 @@
 """The running tests of one ramp: their state (stored with the canary's state) and the update
-by newly closed ticks (pure, no I/O; the math is :mod:`junction.canary.sequential`).
+by newly closed ticks (pure, no I/O; the math is :mod:`junction.sequential`).
 
 What runs, and over what:
 
 - **rollback**, over the WHOLE ramp (not reset when a step is promoted: the conditional test
   reads the observed share of every tick, so it stays valid as the weights change): the
-  count test on errors (:data:`~junction.canary.sequential.ERRORS_GRID`) and on the
-  requests slower than each latency threshold (:data:`~junction.canary.sequential.LATENCY_GRID`),
+  count test on errors (:data:`~junction.sequential.ERRORS_GRID`) and on the
+  requests slower than each latency threshold (:data:`~junction.sequential.LATENCY_GRID`),
   plus the guardrail on the candidate's error rate. They are averaged with weights
   :func:`metric_weights` into one e-process: rolling back when it reaches 1/alpha keeps the
   chance of rolling back a candidate as good as its baseline under alpha for the whole ramp;
@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from junction.als.evidence import EvidenceFormatError, SideCounts, TickCounts
-from junction.canary.sequential import (
+from junction.sequential import (
     ERRORS_GRID,
     LATENCY_GRID,
     guardrail_alternatives,

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from junction.als.evidence import LATENCY_BUCKET_GROWTH
 from junction.als.record import SOURCE_SPLIT
 from junction.als.stats import wilson
 from junction.als.windows import WindowKey, Windows
 from junction.canary.controller import CanaryController
-from junction.canary.evidence import LATENCY_BUCKET_GROWTH
 from junction.canary.memstore import MemoryStateStore
 from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.replay import LIVE_HORIZON, LIVE_SLOT, LIVE_TICK, ManualClock
@@ -145,7 +145,7 @@ _LOG_GROWTH = math.log(LATENCY_BUCKET_GROWTH)
 
 def latency_buckets(ms: npt.NDArray[np.float64]) -> dict[int, int]:
     """Durations counted per latency bucket of the windows
-    (:func:`~junction.canary.evidence.latency_bucket`, vectorized: ``ceil(log(ms) / log g)``
+    (:func:`~junction.als.evidence.latency_bucket`, vectorized: ``ceil(log(ms) / log g)``
     with the same guard against rounding at an edge)."""
     keys, counts = np.unique(
         np.ceil(np.log(np.maximum(ms, 0.001)) / _LOG_GROWTH - 1e-9), return_counts=True

@@ -10,7 +10,7 @@ import pytest
 
 from junction.als.evidence import EvidenceFormatError, SideCounts, TickCounts
 from junction.canary.monitor import RampStats, SequentialSettings, judge, read, sample_ratio
-from junction.canary.sequential import (
+from junction.sequential import (
     ERRORS_GRID,
     LATENCY_GRID,
     count_log_lr,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from junction.canary.sequential import (
+from junction.sequential import (
     ERRORS_GRID,
     LATENCY_GRID,
     Grid,

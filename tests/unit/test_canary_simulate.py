@@ -34,6 +34,7 @@ route:
     web-api-go: {prefix: [/api], weight: 10}
     cart-a: {prefix: [/cart], weight: 100}
     cart-b: {prefix: [/cart], weight: 0}
+cluster: {loadbalancer: {web-api-perl: {}, web-api-go: {}, cart-a: {}, cart-b: {}}}
 versions:
   web-api:
     default: perl

@@ -158,6 +158,7 @@ ORDER = (
     "junction.errors",
     "junction.admin",
     "junction.metrics",
+    "junction.sequential",
     "junction.names",
     "junction.tasks",
     "junction.envoy_admin",

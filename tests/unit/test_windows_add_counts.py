@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from junction.als.evidence import latency_bucket, snap_threshold
 from junction.als.record import SOURCE_SPLIT, LogRecord
 from junction.als.windows import WindowKey, Windows
-from junction.canary.evidence import latency_bucket, snap_threshold
 
 
 class Clock:
