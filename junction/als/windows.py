@@ -21,6 +21,7 @@ than the horizon are counted in :attr:`Windows.late` and skipped.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,8 +30,44 @@ from typing import Any, NamedTuple
 from ddsketch import DDSketch
 
 from junction.als.record import SOURCE_SPLIT, LogRecord, classify
+from junction.canary.evidence import SideCounts, StepEvidence, TickCounts
 
-__all__ = ["Figures", "WindowKey", "Windows"]
+__all__ = [
+    "LATENCY_BUCKET_GROWTH",
+    "Figures",
+    "WindowKey",
+    "Windows",
+    "bucket_edge",
+    "latency_bucket",
+    "snap_threshold",
+]
+
+#: Latency histogram buckets grow by 2 %: bucket ``k`` holds durations in
+#: ``(g^(k-1), g^k]`` ms. Canary thresholds are snapped to bucket edges, so "slower than the
+#: threshold" is an exact count that sums across replicas.
+LATENCY_BUCKET_GROWTH = 1.02
+_LOG_GROWTH = math.log(LATENCY_BUCKET_GROWTH)
+_MIN_MS = 0.001
+
+
+def latency_bucket(ms: float) -> int:
+    """The histogram bucket of a duration in ms (durations under 1 us share one)."""
+    return math.ceil(math.log(max(ms, _MIN_MS)) / _LOG_GROWTH - 1e-9)
+
+
+def bucket_edge(bucket: int) -> float:
+    """The upper edge (ms) of ``bucket``."""
+    return float(LATENCY_BUCKET_GROWTH**bucket)
+
+
+def snap_threshold(ms: float) -> float:
+    """``ms`` rounded up to a bucket edge: the form thresholds are stored and shared in."""
+    return bucket_edge(latency_bucket(ms))
+
+
+def _edge_bucket(edge_ms: float) -> int:
+    # The bucket whose upper edge is ``edge_ms`` (a snapped threshold read back from JSON).
+    return round(math.log(max(edge_ms, _MIN_MS)) / _LOG_GROWTH)
 
 
 class WindowKey(NamedTuple):
@@ -43,7 +80,7 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("failures", "requests", "resets", "server_errors", "sketch")
+    __slots__ = ("buckets", "failures", "requests", "resets", "server_errors", "sketch")
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -51,6 +88,13 @@ class _Counts:
         self.server_errors = 0
         self.resets = 0
         self.sketch = DDSketch(relative_accuracy)
+        #: Exact latency histogram (bucket -> count, :func:`latency_bucket`): the canary's
+        #: slow counts against thresholds only known when a step starts.
+        self.buckets: dict[int, int] = {}
+
+    def slow(self, bucket: int) -> int:
+        """Requests in buckets above ``bucket`` (slower than its upper edge)."""
+        return sum(n for k, n in self.buckets.items() if k > bucket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +222,8 @@ class Windows:
                 if r.reset:
                     counts.resets += 1
             counts.sketch.add(r.ms)
+            b = latency_bucket(r.ms)
+            counts.buckets[b] = counts.buckets.get(b, 0) + 1
 
     def note_missing(self, entries: int, at: float | None = None) -> None:
         """Record ``entries`` log entries known lost (dropped by Envoy or the receiver)."""
@@ -234,6 +280,53 @@ class Windows:
         """A canary side's figures: requests whose cluster the weights chose (no pins, no
         experiment arm with its own version)."""
         return self.figures(start, end, cluster=cluster, source=SOURCE_SPLIT)
+
+    def canary_quantiles(
+        self, cluster: str, start: float, end: float, quantiles: tuple[float, ...]
+    ) -> tuple[float, ...] | None:
+        """A canary side's latency quantiles (ms) over ``[start, end]``; None without
+        requests. (The canary's latency thresholds: the baseline's before a step.)"""
+        merged = DDSketch(self.relative_accuracy)
+        for index in self._indexes(start, end):
+            for (_, k_cluster, _, k_source), counts in (self._slots.get(index) or {}).items():
+                if k_cluster == cluster and k_source == SOURCE_SPLIT:
+                    merged.merge(counts.sketch)
+        if not merged.count:
+            return None
+        return tuple(float(merged.get_quantile_value(q) or 0.0) for q in quantiles)
+
+    def step_evidence(
+        self,
+        baseline: str,
+        candidate: str,
+        thresholds_ms: tuple[float, ...],
+        since: float,
+        now: float,
+    ) -> StepEvidence:
+        """A canary step's counts per tick (one tick per slot, by the requests' end times)
+        over the slots overlapping ``[since, now]``: per side, the requests the weights
+        routed (no pins, no experiment arms with their own version), their failures (5xx,
+        no response, reset), and those slower than each threshold (snapped to a bucket edge,
+        :func:`snap_threshold`). ``missing``: log entries known lost in the same slots."""
+        edges = tuple(_edge_bucket(t) for t in thresholds_ms)
+        ticks: list[TickCounts] = []
+        for index in self._indexes(since, now):
+            bucket = self._slots.get(index)
+            if not bucket:
+                continue
+            sides = {baseline: SideCounts(0, 0, (0,) * len(edges))}
+            sides[candidate] = sides[baseline]
+            for (_, k_cluster, _, k_source), c in bucket.items():
+                if k_source != SOURCE_SPLIT or k_cluster not in sides:
+                    continue
+                sides[k_cluster] += SideCounts(
+                    c.requests, c.failures, tuple(c.slow(e) for e in edges)
+                )
+            if sides[baseline].requests or sides[candidate].requests:
+                ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
+        return StepEvidence(
+            self.slot_seconds, tuple(thresholds_ms), tuple(ticks), self.missing(since, now)
+        )
 
     def missing(self, start: float, end: float) -> int:
         """Log entries known lost in the slots overlapping ``[start, end]``."""

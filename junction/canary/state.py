@@ -98,6 +98,10 @@ class CanaryState:
     reason: str = ""
     checked: float = 0.0
     events: tuple[CanaryEvent, ...] = field(default=())
+    #: The latency thresholds (ms, snapped to the windows' bucket edges) fixed when the
+    #: current step started; every replica counts "slow" requests against these. Empty
+    #: until the controller has fixed them.
+    thresholds_ms: tuple[float, ...] = ()
 
     def evolve(self, event: CanaryEvent | None = None, **changes: Any) -> CanaryState:
         """A copy with ``changes``, ``updated`` set, and ``event`` appended (bounded)."""
@@ -119,6 +123,7 @@ class CanaryState:
             "updated": self.updated,
             "reason": self.reason,
             "checked": self.checked,
+            "thresholds_ms": list(self.thresholds_ms),
             "events": [e.to_json() for e in self.events],
         }
 
@@ -145,6 +150,7 @@ class CanaryState:
                 updated=float(data["updated"]),
                 reason=str(data.get("reason", "")),
                 checked=float(data.get("checked", 0.0)),
+                thresholds_ms=tuple(float(x) for x in data.get("thresholds_ms") or ()),
                 events=tuple(CanaryEvent.from_json(e) for e in data.get("events") or ()),
             )
         except KeyError as exc:
