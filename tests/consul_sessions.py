@@ -152,13 +152,13 @@ class SessionsMixin:
                     f" [{self.session_ttl_min:g}s={MAX_TTL / 3600:g}h]",
                 )
         delay = _lock_delay(body.get("lockdelay"), go_duration, ApiError)
-        checks = body.get("nodechecks") or body.get("checks")
+        checks = body.get("nodechecks", body.get("checks"))
         service_checks = [
             str(c.get("ID") or c.get("id") or "") if isinstance(c, dict) else str(c)
             for c in (body.get("servicechecks") or [])
         ]
-        if checks is None and not service_checks:
-            checks = ["serfHealth"]
+        if checks is None and body.get("servicechecks") is None:
+            checks = ["serfHealth"]  # only when none is given: [] means a TTL-only session
         if node not in self._s.nodes:
             raise ApiError(500, f"Missing node registration for '{node}'")
         for check_id in [*(checks or []), *service_checks]:

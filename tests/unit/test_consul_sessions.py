@@ -185,6 +185,10 @@ async def test_a_critical_check_invalidates_the_session_and_refuses_new_ones(
     assert "Session" not in entry
     with pytest.raises(consul.ConsulException, match="Check 'serfHealth' is in critical state"):
         await bounded(client.session.create())
+    # An explicit empty list: no checks at all, the session lives by its TTL alone.
+    ttl_only = await raw_create(client, {"NodeChecks": [], "TTL": "10s"})
+    _, info = await bounded(client.session.info(ttl_only))
+    assert info["NodeChecks"] == []
 
 
 async def test_bad_sessions_are_refused_with_consuls_messages(client: consul.aio.Consul) -> None:
