@@ -189,11 +189,14 @@ class ReplicaView:
 
 @dataclass(frozen=True, slots=True)
 class FleetEvidence:
-    """The merge for one service. ``evidence`` None: no replica's evidence counts."""
+    """The merge for one service. ``evidence`` None: no replica's evidence counts.
+    ``waiting``: fresh replicas still counting against other ticks or thresholds (they have
+    not read the step's state yet); judging without them would lose their counts."""
 
     evidence: StepEvidence | None
     through: int | None
     replicas: tuple[ReplicaView, ...]
+    waiting: tuple[str, ...] = ()
 
     def counted(self) -> list[str]:
         return [r.replica for r in self.replicas if r.counted]
@@ -215,6 +218,7 @@ def merge_fleet(
     """
     views: list[ReplicaView] = []
     counted: list[ServiceEvidence] = []
+    waiting: list[str] = []
     for summary, age in sorted(summaries, key=lambda s: s[0].replica):
         one = summary.services.get(service)
         why = None
@@ -224,17 +228,19 @@ def merge_fleet(
             why = "no evidence for this service"
         elif one.evidence.tick_seconds != tick_seconds:
             why = f"ticks of {one.evidence.tick_seconds:g}s, not {tick_seconds:g}s"
+            waiting.append(summary.replica)
         elif one.evidence.thresholds_ms != tuple(thresholds_ms):
             why = (
                 f"counted against latency thresholds {list(one.evidence.thresholds_ms)} ms,"
                 f" not this step's {list(thresholds_ms)}"
             )
+            waiting.append(summary.replica)
         through = one.through if one is not None else None
         views.append(ReplicaView(summary.replica, age, why is None, why, through))
         if why is None and one is not None:
             counted.append(one)
     if not counted:
-        return FleetEvidence(None, None, tuple(views))
+        return FleetEvidence(None, None, tuple(views), tuple(waiting))
     through = min(c.through for c in counted)
     merged = StepEvidence(tick_seconds, tuple(thresholds_ms))
     for c in counted:
@@ -244,6 +250,7 @@ def merge_fleet(
         StepEvidence(tick_seconds, tuple(thresholds_ms), kept, merged.missing),
         through,
         tuple(views),
+        tuple(waiting),
     )
 
 
@@ -340,12 +347,25 @@ class EvidenceBoard:
         self._seen, self.summaries, self.problems = seen, summaries, problems
 
     def merged(
-        self, service: str, *, tick_seconds: float, thresholds_ms: tuple[float, ...]
+        self,
+        service: str,
+        *,
+        tick_seconds: float,
+        thresholds_ms: tuple[float, ...],
+        own: ServiceEvidence | None = None,
     ) -> FleetEvidence:
-        """The merge of what :meth:`read` found, for ``service``."""
+        """The merge of what :meth:`read` found, for ``service``. ``own``: this replica's
+        current evidence, used instead of what it last published (up to a second old)."""
         now = self._clock()
+        found = [
+            (s, now - seen)
+            for s, seen in self.summaries.values()
+            if own is None or s.replica != self.replica
+        ]
+        if own is not None:
+            found.append((Summary(self.replica, self._wall(), {service: own}), 0.0))
         return merge_fleet(
-            ((s, now - seen) for s, seen in self.summaries.values()),
+            found,
             service,
             tick_seconds=tick_seconds,
             thresholds_ms=thresholds_ms,

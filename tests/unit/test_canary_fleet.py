@@ -121,6 +121,7 @@ def test_stale_other_threshold_and_silent_replicas_are_left_out_and_say_why() ->
     assert why["b"] is not None and "stale: no update for 10.5s" in why["b"]
     assert why["c"] is not None and "latency thresholds [20.0]" in why["c"]
     assert why["d"] == "no evidence for this service"
+    assert fleet.waiting == ("c",)  # fresh, but has not read this step's thresholds yet
     nobody = merge_fleet([(stale, 11.0)], "s", tick_seconds=1.0, thresholds_ms=())
     assert nobody.evidence is None and nobody.through is None
 
@@ -219,6 +220,11 @@ async def test_publish_read_merge_age_and_withdraw(
     await late.read()
     ages = {r.replica: r.age for r in late.merged("s", tick_seconds=1.0, thresholds_ms=()).replicas}
     assert ages["b"] == 11.0 and ages["a"] == 0.0
+    # The reader's own current evidence replaces what it published last.
+    mine = a.merged(
+        "s", tick_seconds=1.0, thresholds_ms=(), own=ServiceEvidence(11, ev({10: (9, 9)}))
+    )
+    assert mine.evidence is not None and mine.evidence.ticks[0].candidate.requests == 9
     await b.withdraw()
     await a.read()
     assert sorted(a.summaries) == ["a"]
