@@ -21,16 +21,93 @@ In file mode there is no coordinator: one process decides from its own evidence,
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from dataclasses import dataclass
 from typing import Any
 
-from junction.canary.errors import StoreError
+from junction.canary.errors import CanaryError, StoreError
 from junction.canary.evidence import StepEvidence
-from junction.canary.fleet import EvidenceBoard, FleetEvidence, ServiceEvidence
-from junction.canary.leader import LeaderElection
+from junction.canary.fleet import (
+    EVIDENCE_PREFIX,
+    PUBLISH_INTERVAL,
+    STALE_AFTER,
+    EvidenceBoard,
+    FleetEvidence,
+    ServiceEvidence,
+)
+from junction.canary.leader import DEFAULT_LEADER_KEY, LeaderElection
+from junction.canary.store import ConsulStateStore
 
-__all__ = ["FleetCoordinator"]
+__all__ = ["FleetCoordinator", "FleetSettingError", "FleetSettings", "make_coordinator"]
 
 log = logging.getLogger("junction.canary")
+
+#: Consul's own cap on a session's lock-delay (longer values are cut to it).
+MAX_LOCK_DELAY = 60.0
+
+
+class FleetSettingError(CanaryError, ValueError):
+    """A fleet setting is unusable; the message names the flag."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetSettings:
+    """How replicas sharing a Consul decide as one (flags ``--canary-*``).
+
+    ``replica``: this replica's id ("" : the Envoy node id, else ``HOST-PID``);
+    ``leader_ttl``: the session TTL (Consul accepts 10 s and up unless its servers'
+    ``session_ttl_min`` is lower); ``lock_delay``: None means the TTL; ``stale_after``: a
+    replica's evidence unchanged this long leaves the merge.
+    """
+
+    replica: str = ""
+    leader_ttl: float = 10.0
+    lock_delay: float | None = None
+    publish_interval: float = PUBLISH_INTERVAL
+    stale_after: float = STALE_AFTER
+    leader_key: str = DEFAULT_LEADER_KEY
+    evidence_prefix: str = EVIDENCE_PREFIX
+
+    def __post_init__(self) -> None:
+        if "/" in self.replica:
+            raise FleetSettingError(f"--canary-replica {self.replica!r}: no '/' allowed")
+        if not self.leader_ttl > 0:
+            raise FleetSettingError(f"--canary-leader-ttl must be > 0, got {self.leader_ttl}")
+        if self.lock_delay is not None and not 0 <= self.lock_delay <= MAX_LOCK_DELAY:
+            raise FleetSettingError(
+                f"--canary-lock-delay must be 0..{MAX_LOCK_DELAY:g} s, got {self.lock_delay}"
+            )
+        if not 0 < self.publish_interval < self.stale_after:
+            raise FleetSettingError(
+                f"--canary-stale-after ({self.stale_after:g} s) must exceed the publishing"
+                f" interval ({self.publish_interval:g} s)"
+            )
+
+    def replica_id(self, node_id: str = "") -> str:
+        return self.replica or node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def make_coordinator(
+    store: ConsulStateStore, settings: FleetSettings, *, node_id: str = ""
+) -> FleetCoordinator:
+    """The election and evidence board of this replica, on ``store``'s Consul."""
+    replica = settings.replica_id(node_id).replace("/", "_")
+    election = LeaderElection(
+        store,
+        replica,
+        key=settings.leader_key,
+        ttl=settings.leader_ttl,
+        lock_delay=settings.lock_delay,
+    )
+    board = EvidenceBoard(
+        store,
+        replica,
+        prefix=settings.evidence_prefix,
+        interval=settings.publish_interval,
+        stale_after=settings.stale_after,
+    )
+    return FleetCoordinator(election, board)
 
 
 class FleetCoordinator:
