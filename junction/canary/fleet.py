@@ -324,11 +324,15 @@ class EvidenceBoard:
         _, entries = await self.store.request(
             f"reading {self.prefix}", lambda c: c.kv.get(self.prefix, recurse=True)
         )
+        self.ingest(entries or ())
+
+    def ingest(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Take in the KV entries under the prefix (``Key``, ``Value``, ``ModifyIndex``)."""
         now, wall = self._clock(), self._wall()
         summaries: dict[str, tuple[Summary, float]] = {}
         problems: dict[str, str] = {}
         seen: dict[str, _Seen] = {}
-        for entry in entries or ():
+        for entry in entries:
             key = str(entry.get("Key", ""))
             try:
                 summary = Summary.loads(entry.get("Value"))
