@@ -21,7 +21,6 @@ than the horizon are counted in :attr:`Windows.late` and skipped.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,44 +29,15 @@ from typing import Any, NamedTuple
 from ddsketch import DDSketch
 
 from junction.als.record import SOURCE_SPLIT, LogRecord, classify
-from junction.canary.evidence import SideCounts, StepEvidence, TickCounts
+from junction.canary.evidence import (
+    SideCounts,
+    StepEvidence,
+    TickCounts,
+    edge_bucket,
+    latency_bucket,
+)
 
-__all__ = [
-    "LATENCY_BUCKET_GROWTH",
-    "Figures",
-    "WindowKey",
-    "Windows",
-    "bucket_edge",
-    "latency_bucket",
-    "snap_threshold",
-]
-
-#: Latency histogram buckets grow by 2 %: bucket ``k`` holds durations in
-#: ``(g^(k-1), g^k]`` ms. Canary thresholds are snapped to bucket edges, so "slower than the
-#: threshold" is an exact count that sums across replicas.
-LATENCY_BUCKET_GROWTH = 1.02
-_LOG_GROWTH = math.log(LATENCY_BUCKET_GROWTH)
-_MIN_MS = 0.001
-
-
-def latency_bucket(ms: float) -> int:
-    """The histogram bucket of a duration in ms (durations under 1 us share one)."""
-    return math.ceil(math.log(max(ms, _MIN_MS)) / _LOG_GROWTH - 1e-9)
-
-
-def bucket_edge(bucket: int) -> float:
-    """The upper edge (ms) of ``bucket``."""
-    return float(LATENCY_BUCKET_GROWTH**bucket)
-
-
-def snap_threshold(ms: float) -> float:
-    """``ms`` rounded up to a bucket edge: the form thresholds are stored and shared in."""
-    return bucket_edge(latency_bucket(ms))
-
-
-def _edge_bucket(edge_ms: float) -> int:
-    # The bucket whose upper edge is ``edge_ms`` (a snapped threshold read back from JSON).
-    return round(math.log(max(edge_ms, _MIN_MS)) / _LOG_GROWTH)
+__all__ = ["Figures", "WindowKey", "Windows"]
 
 
 class WindowKey(NamedTuple):
@@ -308,7 +278,7 @@ class Windows:
         routed (no pins, no experiment arms with their own version), their failures (5xx,
         no response, reset), and those slower than each threshold (snapped to a bucket edge,
         :func:`snap_threshold`). ``missing``: log entries known lost in the same slots."""
-        edges = tuple(_edge_bucket(t) for t in thresholds_ms)
+        edges = tuple(edge_bucket(t) for t in thresholds_ms)
         ticks: list[TickCounts] = []
         for index in self._indexes(since, now):
             bucket = self._slots.get(index)

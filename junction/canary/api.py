@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from junction.canary.errors import CanaryError, CommandError, StateConflict, UnknownCanary
+from junction.canary.monitor import read
 from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.source import CanaryBoard
 from junction.canary.state import CanaryState
@@ -86,8 +87,18 @@ class CanaryApi:
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"policy": policy_json(policy) if policy else None}
         if state is not None:
-            out["state"] = {k: v for k, v in state.to_json().items() if k != "events"}
+            out["state"] = {
+                k: v for k, v in state.to_json().items() if k not in ("events", "stats")
+            }
             out["events"] = [e.to_json() for e in state.events]
+            if policy is not None and state.stats is not None:
+                # The tests as last stored (decisions and checkpoints; the live values of
+                # every tick are in the controller's /status).
+                settings = policy.test_settings()
+                out["tests"] = {
+                    "last_tick": state.stats.last_tick,
+                    **read(state.stats).to_json(settings),
+                }
             if policy is not None:
                 out["step"] = policy.step_index(state.weight)
                 out["applies"] = (state.baseline, state.candidate) == (

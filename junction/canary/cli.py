@@ -58,7 +58,8 @@ def format_service(name: str, body: dict[str, Any], *, events: int = 5) -> str:
     if policy:
         lines.append(
             f"  policy: steps {policy['steps']}, interval {policy['interval']:g}s,"
-            f" min-requests {policy['min_requests']}, max-error-rate {policy['max_error_rate']}"
+            f" alpha {policy.get('alpha')}, min-requests {policy['min_requests']},"
+            f" max-error-rate {policy['max_error_rate']}"
         )
     for e in (body.get("events") or [])[-events:]:
         lines.append(

@@ -4,15 +4,21 @@ Every ``tick`` (0.5 s) and for every service with a ramp policy in the current c
 
 1. read the stored state (a missing one, a corrupt one, or one of another candidate starts
    a fresh ramp at the first step);
-2. gather the :class:`~junction.canary.step.Evidence` of the current step: both sides'
-   figures since the step began (requests the weights routed: no pins, no experiment arms
-   with their own version) and the log entries lost meanwhile (the receiver's drops and
-   Envoy's, via :class:`~junction.als.envoy_drops.EnvoyDrops`);
-3. :func:`~junction.canary.step.step`;
-4. if the state changed, write it at the index it was read at. When another replica's
-   controller wrote first, the write fails and nothing else happens: the next tick reads
-   the new state. So replicas never step twice for one interval, and a restarted controller
-   resumes where the store says the ramp is.
+2. at a step's start, fix its latency thresholds (the policy's, or the baseline's quantiles
+   over ``latency-lookback``) in the state, so every replica counts against the same ones;
+3. gather the :class:`~junction.canary.evidence.StepEvidence` of the ticks not judged yet
+   (:func:`~junction.canary.step.pending_window`): both sides' counts per tick (requests
+   the weights routed: no pins, no experiment arms with their own version) and the log
+   entries lost meanwhile (the receiver's drops and Envoy's, via
+   :class:`~junction.als.envoy_drops.EnvoyDrops`);
+4. :func:`~junction.canary.step.step`;
+5. if it recorded an event, or the running tests are due a checkpoint
+   (:func:`~junction.canary.step.needs_write`), write the state at the index it was read
+   at. When another replica's controller wrote first, the write fails and nothing else
+   happens: the next tick reads the new state. So replicas never step twice for one
+   interval, and a restarted controller resumes where the store says the ramp is (ticks
+   after the last checkpoint are judged again from the windows: the same counts give the
+   same tests).
 
 Every recorded decision is an event with its evidence: kept in the state (last 50), in
 :attr:`CanaryController.events`, logged, and appended to the events file when one is set
@@ -26,34 +32,63 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from junction.als.envoy_drops import EnvoyDrops
 from junction.als.sinks import RotatingFile, dump_lines
 from junction.als.windows import Windows
 from junction.canary.errors import StoreError
+from junction.canary.evidence import StepEvidence
 from junction.canary.policy import CanaryPolicy, policies
-from junction.canary.state import CanaryEvent, Phase
-from junction.canary.step import Decision, Evidence, initial_state, step
+from junction.canary.state import CanaryEvent, CanaryState, Phase
+from junction.canary.step import (
+    CanaryDecision,
+    initial_state,
+    needs_write,
+    pending_window,
+    step,
+    step_thresholds,
+)
 from junction.canary.store import StateStore
 from junction.config.model import Config
 
-__all__ = ["CanaryController", "gather_evidence"]
+__all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
 
 log = logging.getLogger("junction.canary")
 
 
-def gather_evidence(windows: Windows, policy: CanaryPolicy, since: float, now: float) -> Evidence:
-    """Both sides' figures and the lost entries over ``[since, now]`` (clipped to the
-    windows' horizon)."""
-    start = max(since, now - windows.horizon)
-    return Evidence(
-        start=start,
-        end=now,
-        baseline=windows.canary_figures(policy.baseline, start, now),
-        candidate=windows.canary_figures(policy.candidate, start, now),
-        missing=windows.missing(start, now),
+def gather_evidence(
+    windows: Windows, policy: CanaryPolicy, state: CanaryState, now: float
+) -> StepEvidence:
+    """The counts of the ticks :func:`~junction.canary.step.step` will judge now (clipped to
+    the windows' horizon), against the state's latency thresholds."""
+    window = pending_window(state, policy, now, windows.slot_seconds)
+    if window is None:
+        return StepEvidence(windows.slot_seconds, state.thresholds_ms)
+    since, until = window
+    return windows.step_evidence(
+        policy.baseline,
+        policy.candidate,
+        state.thresholds_ms,
+        max(since, now - windows.horizon),
+        until,
     )
+
+
+def fix_thresholds(
+    windows: Windows, policy: CanaryPolicy, state: CanaryState, now: float
+) -> CanaryState:
+    """``state`` with its step's latency thresholds fixed, if they are not yet and can be."""
+    if state.thresholds_ms or not policy.latency_metrics:
+        return state
+    quantiles = None
+    if policy.latency_thresholds is None:
+        quantiles = windows.canary_quantiles(
+            policy.baseline, now - policy.latency_lookback, now, policy.latency_quantiles
+        )
+    fixed = step_thresholds(policy, quantiles)
+    return replace(state, thresholds_ms=fixed) if fixed else state
 
 
 class CanaryController:
@@ -81,6 +116,8 @@ class CanaryController:
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
+        #: The latest decision per service, holds included, with the e-values it read.
+        self.latest: dict[str, dict[str, Any]] = {}
 
     async def run(self) -> None:
         while True:
@@ -90,15 +127,15 @@ class CanaryController:
                 log.exception("canary controller tick failed")
             await asyncio.sleep(self._tick)
 
-    async def tick(self) -> list[Decision]:
-        """One pass over every ramp; returns the decisions that changed a state."""
+    async def tick(self) -> list[CanaryDecision]:
+        """One pass over every ramp; returns the decisions recorded (with an event)."""
         self.ticks += 1
         if self._drops is not None:
             await self._drops.poll()
         config = self._config()
         if config is None:
             return []
-        made: list[Decision] = []
+        made: list[CanaryDecision] = []
         errors: list[str] = []
         for policy in policies(config).values():
             try:
@@ -114,7 +151,7 @@ class CanaryController:
         self.error = error
         return made
 
-    async def _service(self, policy: CanaryPolicy) -> Decision | None:
+    async def _service(self, policy: CanaryPolicy) -> CanaryDecision | None:
         stored = await self.store.get(policy.service)
         now = self._clock()
         state = stored.state if stored is not None else None
@@ -132,18 +169,25 @@ class CanaryController:
             return None
         if state.phase is not Phase.RAMPING:
             return None
-        decision = step(
-            state, gather_evidence(self.windows, policy, state.step_started, now), policy, now
-        )
-        if decision.state is state:
+        working = fix_thresholds(self.windows, policy, state, now)
+        evidence = gather_evidence(self.windows, policy, working, now)
+        decision = step(working, evidence, policy, now)
+        self.latest[policy.service] = {
+            "at": now,
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "evidence": decision.evidence,
+        }
+        if decision.event is None and not needs_write(state, decision.state, evidence.tick_seconds):
             return None
         assert stored is not None
         if not await self.store.put(decision.state, index=stored.index):
             # Another replica decided first; its state is read on the next tick.
             self.lost_races += 1
             return None
-        if decision.event is not None:
-            self._record(decision.event)
+        if decision.event is None:
+            return None  # a checkpoint of the tests, not a decision
+        self._record(decision.event)
         return decision
 
     def _record(self, event: CanaryEvent) -> None:
@@ -166,4 +210,5 @@ class CanaryController:
             "lost_races": self.lost_races,
             "envoy_drops": self._drops.status() if self._drops is not None else None,
             "recent_events": [e.to_json() for e in list(self.events)[-20:]],
+            "latest": dict(sorted(self.latest.items())),
         }

@@ -22,11 +22,50 @@ ticks, never by the traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EvidenceFormatError", "SideCounts", "StepEvidence", "TickCounts"]
+__all__ = [
+    "LATENCY_BUCKET_GROWTH",
+    "EvidenceFormatError",
+    "SideCounts",
+    "StepEvidence",
+    "TickCounts",
+    "bucket_edge",
+    "edge_bucket",
+    "latency_bucket",
+    "snap_threshold",
+]
+
+
+#: Latency histogram buckets grow by 2 %: bucket ``k`` holds durations in
+#: ``(g^(k-1), g^k]`` ms. Canary thresholds are snapped to bucket edges, so "slower than the
+#: threshold" is an exact count that sums across replicas.
+LATENCY_BUCKET_GROWTH = 1.02
+_LOG_GROWTH = math.log(LATENCY_BUCKET_GROWTH)
+_MIN_MS = 0.001
+
+
+def latency_bucket(ms: float) -> int:
+    """The histogram bucket of a duration in ms (durations under 1 us share one)."""
+    return math.ceil(math.log(max(ms, _MIN_MS)) / _LOG_GROWTH - 1e-9)
+
+
+def bucket_edge(bucket: int) -> float:
+    """The upper edge (ms) of ``bucket``."""
+    return float(LATENCY_BUCKET_GROWTH**bucket)
+
+
+def snap_threshold(ms: float) -> float:
+    """``ms`` rounded up to a bucket edge: the form thresholds are stored and shared in."""
+    return bucket_edge(latency_bucket(ms))
+
+
+def edge_bucket(edge_ms: float) -> int:
+    """The bucket whose upper edge is ``edge_ms`` (a snapped threshold, e.g. read from JSON)."""
+    return round(math.log(max(edge_ms, _MIN_MS)) / _LOG_GROWTH)
 
 
 class EvidenceFormatError(ValueError):

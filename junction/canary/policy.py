@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from junction.canary.monitor import SequentialSettings
 from junction.config.model import Config
 
 __all__ = ["CanaryPolicy", "policies"]
@@ -28,12 +29,20 @@ class CanaryPolicy:
     steps: tuple[int, ...] = (1, 5, 10, 25, 50, 100)
     interval: float = 60.0
     min_requests: int = 100
-    max_error_rate: float = 0.05
-    max_error_increase: float | None = 0.01
-    max_p99: float | None = None
-    max_p99_ratio: float | None = 1.5
-    p99_slack: float = 5.0
+    alpha: float = 0.05
+    margin: float = 1.5
+    max_error_rate: float = 0.5
+    latency_quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+    latency_thresholds: tuple[float, ...] | None = None
+    latency_lookback: float = 120.0
+    sample_ratio_tolerance: float = 1.5
     max_missing: float = 0.0
+    #: Seconds after a tick's end before it is judged (every Envoy has flushed its logs:
+    #: the ALS buffer flushes every second).
+    settle: float = 2.0
+    #: Seconds at the start of a step left out of the sample-ratio test (Envoys applying
+    #: the new weights).
+    grace: float = 3.0
     #: The version name of the baseline (the service's default), for display.
     baseline_version: str = field(default="")
 
@@ -56,15 +65,35 @@ class CanaryPolicy:
                 index = i
         return index
 
+    @property
+    def latency_metrics(self) -> int:
+        """How many latency thresholds each step counts slow requests against."""
+        if self.latency_thresholds is not None:
+            return len(self.latency_thresholds)
+        return len(self.latency_quantiles)
+
+    def test_settings(self) -> SequentialSettings:
+        """What the sequential tests read (:mod:`junction.canary.monitor`)."""
+        return SequentialSettings(
+            alpha=self.alpha,
+            margin=self.margin,
+            max_error_rate=self.max_error_rate,
+            latency_metrics=self.latency_metrics,
+            sample_ratio_tolerance=self.sample_ratio_tolerance,
+        )
+
     def thresholds(self) -> dict[str, Any]:
-        """The thresholds, as recorded with every decision's evidence."""
+        """The policy's settings, as recorded with every decision's evidence."""
         return {
+            "alpha": self.alpha,
+            "margin": self.margin,
             "min_requests": self.min_requests,
             "max_error_rate": self.max_error_rate,
-            "max_error_increase": self.max_error_increase,
-            "max_p99_ms": self.max_p99,
-            "max_p99_ratio": self.max_p99_ratio,
-            "p99_slack_ms": self.p99_slack,
+            "latency_quantiles": list(self.latency_quantiles),
+            "latency_thresholds_ms": (
+                None if self.latency_thresholds is None else list(self.latency_thresholds)
+            ),
+            "sample_ratio_tolerance": self.sample_ratio_tolerance,
             "max_missing": self.max_missing,
         }
 
@@ -85,11 +114,15 @@ def policies(config: Config) -> dict[str, CanaryPolicy]:
             steps=tuple(ramp.steps),
             interval=ramp.interval,
             min_requests=ramp.min_requests,
+            alpha=ramp.alpha,
+            margin=ramp.margin,
             max_error_rate=ramp.max_error_rate,
-            max_error_increase=ramp.max_error_increase,
-            max_p99=ramp.max_p99,
-            max_p99_ratio=ramp.max_p99_ratio,
-            p99_slack=ramp.p99_slack,
+            latency_quantiles=tuple(ramp.latency_quantiles),
+            latency_thresholds=(
+                None if ramp.latency_thresholds is None else tuple(ramp.latency_thresholds)
+            ),
+            latency_lookback=ramp.latency_lookback,
+            sample_ratio_tolerance=ramp.sample_ratio_tolerance,
             max_missing=ramp.max_missing,
             baseline_version=sv.default,
         )

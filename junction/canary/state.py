@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 
 from junction.canary.errors import StateFormatError
+from junction.canary.evidence import EvidenceFormatError
+from junction.canary.monitor import RampStats
 
 __all__ = ["MAX_EVENTS", "CanaryEvent", "CanaryState", "Phase"]
 
@@ -102,6 +104,10 @@ class CanaryState:
     #: current step started; every replica counts "slow" requests against these. Empty
     #: until the controller has fixed them.
     thresholds_ms: tuple[float, ...] = ()
+    #: The running anytime-valid tests (:class:`~junction.canary.monitor.RampStats`), None
+    #: before the first tick is judged. Not part of equality: watchers of the store (the
+    #: publisher) react to weights and phases, not to every judged tick.
+    stats: RampStats | None = field(default=None, compare=False)
 
     def evolve(self, event: CanaryEvent | None = None, **changes: Any) -> CanaryState:
         """A copy with ``changes``, ``updated`` set, and ``event`` appended (bounded)."""
@@ -124,6 +130,7 @@ class CanaryState:
             "reason": self.reason,
             "checked": self.checked,
             "thresholds_ms": list(self.thresholds_ms),
+            "stats": None if self.stats is None else self.stats.to_json(),
             "events": [e.to_json() for e in self.events],
         }
 
@@ -151,11 +158,12 @@ class CanaryState:
                 reason=str(data.get("reason", "")),
                 checked=float(data.get("checked", 0.0)),
                 thresholds_ms=tuple(float(x) for x in data.get("thresholds_ms") or ()),
+                stats=RampStats.from_json(data["stats"]) if data.get("stats") else None,
                 events=tuple(CanaryEvent.from_json(e) for e in data.get("events") or ()),
             )
         except KeyError as exc:
             raise StateFormatError(f"missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, EvidenceFormatError) as exc:
             raise StateFormatError(str(exc)) from None
 
     @classmethod

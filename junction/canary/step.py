@@ -1,49 +1,67 @@
-"""The canary's decisions, pure: ``step(state, evidence, policy, now) -> Decision``.
+"""The canary's decisions, pure: ``step(state, evidence, policy, now) -> CanaryDecision``.
 
 No I/O, no clock, no randomness: the same inputs give the same decision, so tests drive it
-with scripts of windows. The controller (:mod:`junction.canary.controller`) gathers the
-evidence and writes the resulting state; this module only decides.
+with scripts of evidence. The controller (:mod:`junction.canary.controller`), the replay and
+the simulation gather :class:`~junction.canary.evidence.StepEvidence` (counts per tick per
+side) and write the resulting state; this module only decides.
 
-Order of the checks (the first that applies wins):
+Each call first folds the ticks that are *closed* (ended at least ``policy.settle`` seconds
+ago, so every Envoy has flushed its logs) and not judged yet into the running tests
+(:func:`junction.canary.monitor.judge`). Then, the first rule that applies wins:
 
 1. not ramping (paused, promoted, rolled back, aborted): **hold**, no event;
-2. the candidate has served ``min_requests`` in this step and breaks a threshold
-   (absolute error rate or p99; relative ones when the baseline also has
-   ``min_requests``): **rollback** at once, weight 0, the reason names the threshold. Lost
-   log entries do not delay this: failures that were seen are real;
-3. the step is younger than ``interval``: **hold**, no event;
-4. either side has fewer than ``min_requests``: **inconclusive** (hold). Never promote on
-   too little data, the most reported failure of Flagger's and Argo Rollouts' analyses;
-5. more log entries were lost than ``max_missing`` allows (Envoy's ``logs_dropped`` or the
-   receiver's own drops): **inconclusive**, and the step's evidence window restarts, since
-   the figures of this one are incomplete;
+2. the rollback e-process (errors, slow requests, guardrail; over the whole ramp) has reached
+   1/alpha: **rollback** at once, weight 0, the reason names the metric and its counts.
+   Lost log entries do not delay this: failures that were seen are real;
+3. the step is younger than ``interval`` and the candidate is not yet *proven* no worse than
+   the margin on every metric: **hold**, no event;
+4. either side has fewer than ``min_requests`` in this step: **inconclusive** (hold).
+   Never promote on too little data (Flagger's and Argo Rollouts' most reported failure);
+5. the observed split disagrees with the weights (sample-ratio test), or more log entries
+   were lost than ``max_missing`` allows: **inconclusive**, and the step starts over, since
+   its figures are not like for like or incomplete;
 6. otherwise **promote** to the next step; at 100 the phase becomes ``promoted``.
 
-Inconclusive events are recorded at most once per interval (the state stays as it is
-otherwise), so a quiet service does not flood the history.
+Inconclusive events are recorded at most once per interval, so a quiet service does not
+flood the history. Every decision carries its evidence (:func:`decision_evidence`): the
+e-values, shares and counts the controller decided on.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
-from junction.als.windows import Figures
 from junction.canary.errors import CommandError
+from junction.canary.evidence import SideCounts, StepEvidence, TickCounts, snap_threshold
+from junction.canary.monitor import RampStats, Reading, judge, metric_weights, read, sample_ratio
 from junction.canary.policy import CanaryPolicy
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 
 __all__ = [
+    "CHECKPOINT_SECONDS",
     "COMMANDS",
+    "SAMPLE_RATIO_ALPHA",
     "Action",
-    "Decision",
-    "Evidence",
+    "CanaryDecision",
     "apply_command",
+    "closed_tick",
+    "decision_evidence",
     "initial_state",
+    "needs_write",
+    "pending_window",
     "step",
-    "violations",
+    "step_thresholds",
 ]
+
+#: The sample-ratio test's level: a false mismatch only delays a step, so it is strict.
+SAMPLE_RATIO_ALPHA = 0.001
+#: The controller stores the running tests at least this often (seconds of ticks) even
+#: without a decision; in between it re-judges from the last stored state (the windows
+#: still hold the ticks), so a new leader or a restart loses nothing.
+CHECKPOINT_SECONDS = 10.0
 
 
 class Action(enum.StrEnum):
@@ -54,167 +72,330 @@ class Action(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Evidence:
-    """What the windows say about one step: both sides' figures over ``[start, end]`` and
-    the log entries known lost in that time (all services: drops are not attributable)."""
+class CanaryDecision:
+    """The outcome of one step: the next state (``state`` itself when nothing was judged
+    and nothing changed) and the event to record (None: nothing to record).
 
-    start: float
-    end: float
-    baseline: Figures
-    candidate: Figures
-    missing: int = 0
-
-    @property
-    def missing_share(self) -> float:
-        seen = self.baseline.requests + self.candidate.requests
-        return self.missing / (seen + self.missing) if self.missing else 0.0
-
-    def to_json(self, policy: CanaryPolicy) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "baseline": {"cluster": policy.baseline, **self.baseline.to_json()},
-            "candidate": {"cluster": policy.candidate, **self.candidate.to_json()},
-            "missing": self.missing,
-            "thresholds": policy.thresholds(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The outcome of one step: the next state (``state`` itself when nothing changed)."""
+    :attr:`evidence` is what the decision was made on (for holds too: replay and simulate
+    print it); for holds it is built only when read, since the controller decides for
+    every ramp twice a second.
+    """
 
     action: Action
     reason: str
     state: CanaryState
     event: CanaryEvent | None = None
+    policy: CanaryPolicy | None = None
+    at: float = 0.0
+    tick_seconds: float = 1.0
+
+    @property
+    def evidence(self) -> dict[str, Any] | None:
+        if self.event is not None:
+            return self.event.evidence
+        if self.policy is None or self.state.stats is None:
+            return None
+        return decision_evidence(self.state, self.policy, self.at, self.tick_seconds)
 
 
-def violations(evidence: Evidence, policy: CanaryPolicy) -> list[str]:
-    """The thresholds the candidate breaks, as readable reasons ([] if none or too little
-    data to judge)."""
-    cand, base = evidence.candidate, evidence.baseline
-    if cand.requests < policy.min_requests:
-        return []
-    out: list[str] = []
-    rate = cand.error_rate or 0.0
-    if rate > policy.max_error_rate:
-        out.append(
-            f"candidate error rate {rate:.2%} > max-error-rate {policy.max_error_rate:.2%}"
-            f" ({cand.failures} of {cand.requests})"
-        )
-    if policy.max_p99 is not None and cand.p99 is not None and cand.p99 > policy.max_p99:
-        out.append(f"candidate p99 {cand.p99:.1f} ms > max-p99 {policy.max_p99:g} ms")
-    if base.requests >= policy.min_requests:
-        base_rate = base.error_rate or 0.0
-        increase = policy.max_error_increase
-        if increase is not None and rate - base_rate > increase:
-            out.append(
-                f"candidate error rate {rate:.2%} exceeds baseline's {base_rate:.2%} by more"
-                f" than max-error-increase {increase:.2%}"
-            )
-        ratio = policy.max_p99_ratio
-        if (
-            ratio is not None
-            and cand.p99 is not None
-            and base.p99 is not None
-            and cand.p99 > ratio * base.p99
-            and cand.p99 - base.p99 > policy.p99_slack
-        ):
-            out.append(
-                f"candidate p99 {cand.p99:.1f} ms > {ratio:g} x baseline's {base.p99:.1f} ms"
-            )
-    return out
+def closed_tick(now: float, settle: float, tick_seconds: float) -> int:
+    """The last tick whose end is at least ``settle`` seconds before ``now``."""
+    return math.floor((now - settle) / tick_seconds) - 1
 
 
-def _event(
-    state: CanaryState,
-    action: str,
-    to_weight: int,
-    reason: str,
-    now: float,
-    evidence: Evidence | None,
-    policy: CanaryPolicy,
-) -> CanaryEvent:
-    return CanaryEvent(
-        at=now,
-        service=state.service,
-        action=action,
-        from_weight=state.weight,
-        to_weight=to_weight,
-        reason=reason,
-        evidence=evidence.to_json(policy) if evidence is not None else None,
-    )
+def pending_window(
+    state: CanaryState, policy: CanaryPolicy, now: float, tick_seconds: float
+) -> tuple[float, float] | None:
+    """``(since, until)``: the times whose ticks the next :func:`step` will judge (after the
+    last judged tick, or from the step's start, up to the last closed tick); None if no tick
+    is due. Callers pass evidence of exactly this window, so lost entries count once."""
+    last = state.stats.last_tick if state.stats is not None else None
+    first = math.floor(state.step_started / tick_seconds) if last is None else last + 1
+    closed = closed_tick(now, policy.settle, tick_seconds)
+    if closed < first:
+        return None
+    return first * tick_seconds, closed * tick_seconds
 
 
-def step(state: CanaryState, evidence: Evidence, policy: CanaryPolicy, now: float) -> Decision:
+def step_thresholds(
+    policy: CanaryPolicy, baseline_quantiles: tuple[float, ...] | None
+) -> tuple[float, ...] | None:
+    """The latency thresholds of a new step, snapped to the windows' bucket edges: the
+    policy's ``latency-thresholds``, else the baseline's quantiles (``baseline_quantiles``:
+    its values at ``policy.latency_quantiles`` over the minutes before the step; None when it
+    had no traffic, then the thresholds cannot be fixed yet)."""
+    if policy.latency_thresholds is not None:
+        return tuple(snap_threshold(ms) for ms in policy.latency_thresholds)
+    if not policy.latency_quantiles:
+        return ()
+    if baseline_quantiles is None:
+        return None
+    return tuple(snap_threshold(ms) for ms in baseline_quantiles)
+
+
+def needs_write(before: CanaryState, after: CanaryState, tick_seconds: float) -> bool:
+    """Whether the controller must store ``after`` without an event: its thresholds were
+    fixed, or its tests are :data:`CHECKPOINT_SECONDS` ahead of the stored ones."""
+    if after is before:
+        return False
+    if after.thresholds_ms != before.thresholds_ms or (after.stats is None) != (
+        before.stats is None
+    ):
+        return True
+    if after.stats is None or before.stats is None:
+        return False
+    new, old = after.stats.last_tick, before.stats.last_tick
+    if new is None:
+        return False
+    return old is None or (new - old) * tick_seconds >= CHECKPOINT_SECONDS
+
+
+def _due(
+    state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
+) -> list[TickCounts]:
+    """The evidence's ticks that are closed and not judged yet, with slow counts only if
+    they were counted against the state's thresholds (else a stale replica's: errors only)."""
+    last = state.stats.last_tick if state.stats is not None else None
+    closed = closed_tick(now, policy.settle, evidence.tick_seconds)
+    first = math.floor(state.step_started / evidence.tick_seconds) if last is None else last + 1
+    ticks = [t for t in evidence.ticks if first <= t.tick <= closed]
+    if ticks and tuple(evidence.thresholds_ms) != state.thresholds_ms:
+        ticks = [
+            TickCounts(t.tick, replace(t.baseline, slow=()), replace(t.candidate, slow=()))
+            for t in ticks
+        ]
+    return ticks
+
+
+def step(
+    state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
+) -> CanaryDecision:
     """Decide one step (the rules are in the module docstring)."""
     if state.phase is not Phase.RAMPING:
-        return Decision(Action.HOLD, f"canary is {state.phase.value}", state)
-
-    broken = violations(evidence, policy)
-    if broken:
-        reason = "; ".join(broken)
-        event = _event(state, Action.ROLLBACK, 0, reason, now, evidence, policy)
-        return Decision(
-            Action.ROLLBACK,
-            reason,
-            state.evolve(event, weight=0, phase=Phase.ROLLED_BACK, reason=reason),
-            event,
+        return CanaryDecision(Action.HOLD, f"canary is {state.phase.value}", state)
+    settings = policy.test_settings()
+    ts = evidence.tick_seconds
+    ticks = _due(state, evidence, policy, now)
+    stats = state.stats
+    if ticks or stats is None:
+        stats = judge(
+            state.stats or RampStats.fresh(policy.latency_metrics),
+            ticks,
+            settings,
+            step_from_tick=math.ceil(state.step_started / ts),
+            ratio_from_tick=math.ceil((state.step_started + policy.grace) / ts),
+            missing=evidence.missing if ticks else 0,
         )
+        state = replace(state, stats=stats)
+    reject = math.log(1.0 / policy.alpha)
+    if stats.peak >= reject:
+        facts = decision_evidence(state, policy, now, ts)
+        reason = _regression(stats, policy)
+        return _decide(state, Action.ROLLBACK, 0, reason, now, facts, phase=Phase.ROLLED_BACK)
 
+    tally = stats.step
+    reading = read(stats)
+    enough = min(tally.baseline.requests, tally.candidate.requests) >= policy.min_requests
+    proven = (
+        enough
+        and len(state.thresholds_ms) == policy.latency_metrics
+        and all(v >= reject for v in reading.noninferior)
+    )
     age = now - state.step_started
-    if age < policy.interval:
-        return Decision(Action.HOLD, f"{policy.interval - age:.1f}s left at {state.weight}%", state)
-
-    cand, base = evidence.candidate, evidence.baseline
+    if age < policy.interval and not proven:
+        reason = f"{policy.interval - age:.1f}s left at {state.weight}%"
+        return CanaryDecision(Action.HOLD, reason, state, None, policy, now, ts)
+    ratio = sample_ratio(stats, state.weight / 100.0, policy.sample_ratio_tolerance)
+    mismatch = ratio >= math.log(1.0 / SAMPLE_RATIO_ALPHA)
+    seen = tally.baseline.requests + tally.candidate.requests
+    lost = tally.missing / (seen + tally.missing) if tally.missing else 0.0
+    if age < policy.interval and (mismatch or lost > policy.max_missing):
+        reason = f"{policy.interval - age:.1f}s left at {state.weight}%"
+        return CanaryDecision(Action.HOLD, reason, state, None, policy, now, ts)
+    facts = decision_evidence(state, policy, now, ts, ratio)
     restart = False
-    if cand.requests < policy.min_requests or base.requests < policy.min_requests:
+    if not enough:
         reason = (
-            f"too few requests to judge: candidate {cand.requests}, baseline {base.requests}"
-            f" (min-requests {policy.min_requests}); holding at {state.weight}%"
+            f"too few requests to judge: candidate {tally.candidate.requests}, baseline"
+            f" {tally.baseline.requests} (min-requests {policy.min_requests}); holding at"
+            f" {state.weight}%"
         )
-    elif evidence.missing_share > policy.max_missing:
+    elif mismatch:
+        counted = tally.ratio_candidate + tally.ratio_baseline
         reason = (
-            f"{evidence.missing} log entries were lost in the window"
-            f" ({evidence.missing_share:.2%} > max-missing {policy.max_missing:.2%});"
+            f"sample ratio mismatch: the candidate got {tally.ratio_candidate / counted:.2%}"
+            f" of {counted} requests at a weight of {state.weight}% (e-value"
+            f" {math.exp(min(ratio, 700.0)):.0f} >= {1 / SAMPLE_RATIO_ALPHA:.0f}: broken"
+            f" routing, or one side's logs lost); not comparing unlike traffic, collecting"
+            f" again at {state.weight}%"
+        )
+        restart = True
+    elif lost > policy.max_missing:
+        reason = (
+            f"{tally.missing} log entries were lost in the step"
+            f" ({lost:.2%} > max-missing {policy.max_missing:.2%});"
             f" not promoting on missing data, collecting again at {state.weight}%"
         )
         restart = True
     else:
-        return _promote(state, evidence, policy, now)
+        return _promote(state, stats, reading, policy, now, facts, early=age < policy.interval)
+    return _inconclusive(state, stats, reason, policy, now, facts, restart)
 
-    changes: dict[str, Any] = {"step_started": now} if restart else {}
-    if now - state.checked >= policy.interval or restart:
-        event = _event(state, Action.INCONCLUSIVE, state.weight, reason, now, evidence, policy)
-        return Decision(
-            Action.INCONCLUSIVE,
-            reason,
-            state.evolve(event, checked=now, reason=reason, **changes),
-            event,
+
+def decision_evidence(
+    state: CanaryState,
+    policy: CanaryPolicy,
+    now: float,
+    tick_seconds: float,
+    sample_ratio_log_e: float | None = None,
+) -> dict[str, Any]:
+    """What a decision was made on (the event's ``evidence``, shown on /canary and /status):
+    the step's counts per side, the configured and observed shares, the ramp's candidate
+    totals, the e-values (reject at ``1/alpha``) and the anytime-valid p-value."""
+    stats = state.stats or RampStats.fresh(policy.latency_metrics)
+    tally = stats.step
+    seen = tally.candidate.requests + tally.baseline.requests
+
+    def side(cluster: str, counts: SideCounts) -> dict[str, Any]:
+        return {
+            "cluster": cluster,
+            "requests": counts.requests,
+            "errors": counts.errors,
+            "error_rate": counts.errors / counts.requests if counts.requests else None,
+            "slow": list(counts.slow),
+        }
+
+    reading = replace(read(stats), sample_ratio=sample_ratio_log_e)
+    return {
+        "start": state.step_started,
+        "end": now,
+        "tick_seconds": tick_seconds,
+        "last_tick": stats.last_tick,
+        "baseline": side(policy.baseline, tally.baseline),
+        "candidate": side(policy.candidate, tally.candidate),
+        "share": {
+            "configured": state.weight / 100.0,
+            "observed": tally.candidate.requests / seen if seen else None,
+        },
+        "ramp_candidate": {"requests": stats.ramp_requests, "errors": stats.ramp_errors},
+        "missing": tally.missing,
+        "thresholds_ms": list(state.thresholds_ms),
+        "tests": {
+            **reading.to_json(policy.test_settings()),
+            "anytime_p": round(min(1.0, math.exp(-stats.peak)), 6),
+            "sample_ratio_reject_at": 1 / SAMPLE_RATIO_ALPHA,
+        },
+        "policy": policy.thresholds(),
+    }
+
+
+def _regression(stats: RampStats, policy: CanaryPolicy) -> str:
+    """The rollback's reason: the metric that weighs most in the e-value, with its counts."""
+    reading = read(stats)
+    weights = metric_weights(len(reading.latency))
+    values = [reading.errors, *reading.latency, reading.guardrail]
+    parts = [w * math.exp(min(v, 700.0)) for w, v in zip(weights, values, strict=True)]
+    top = max(range(len(parts)), key=parts.__getitem__)
+    tally = stats.step
+    if top == 0:
+        what = (
+            f"candidate errors {tally.candidate.errors} of {tally.candidate.requests}"
+            f" vs baseline {tally.baseline.errors} of {tally.baseline.requests} in this step"
         )
-    return Decision(Action.INCONCLUSIVE, reason, state)
+    elif top == len(parts) - 1:
+        what = (
+            f"candidate error rate above max-error-rate {policy.max_error_rate:.0%}"
+            f" ({stats.ramp_errors} of {stats.ramp_requests} over the ramp)"
+        )
+    else:
+        i = top - 1
+        c = tally.candidate.slow[i] if len(tally.candidate.slow) > i else 0
+        b = tally.baseline.slow[i] if len(tally.baseline.slow) > i else 0
+        what = (
+            f"candidate requests slower than threshold {i + 1}: {c} of"
+            f" {tally.candidate.requests} vs baseline {b} of {tally.baseline.requests}"
+        )
+    return (
+        f"regression: {what}; rollback e-value {math.exp(min(stats.peak, 700.0)):.1f}"
+        f" >= 1/alpha {1 / policy.alpha:g} (anytime p {math.exp(-stats.peak):.4f})"
+    )
 
 
-def _promote(state: CanaryState, evidence: Evidence, policy: CanaryPolicy, now: float) -> Decision:
+def _decide(
+    state: CanaryState,
+    action: Action,
+    to_weight: int,
+    reason: str,
+    now: float,
+    facts: dict[str, Any],
+    **changes: Any,
+) -> CanaryDecision:
+    event = CanaryEvent(
+        at=now,
+        service=state.service,
+        action=action.value,
+        from_weight=state.weight,
+        to_weight=to_weight,
+        reason=reason,
+        evidence=facts,
+    )
+    new = state.evolve(event, weight=to_weight, reason=reason, **changes)
+    return CanaryDecision(action, reason, new, event, at=now)
+
+
+def _inconclusive(
+    state: CanaryState,
+    stats: RampStats,
+    reason: str,
+    policy: CanaryPolicy,
+    now: float,
+    facts: dict[str, Any],
+    restart: bool,
+) -> CanaryDecision:
+    if not (restart or now - state.checked >= policy.interval):
+        return CanaryDecision(Action.INCONCLUSIVE, reason, state, None, policy, now)
+    changes: dict[str, Any] = {"checked": now}
+    if restart:
+        changes.update(step_started=now, stats=stats.new_step())
+    return _decide(state, Action.INCONCLUSIVE, state.weight, reason, now, facts, **changes)
+
+
+def _promote(
+    state: CanaryState,
+    stats: RampStats,
+    reading: Reading,
+    policy: CanaryPolicy,
+    now: float,
+    facts: dict[str, Any],
+    *,
+    early: bool,
+) -> CanaryDecision:
     target = policy.next_weight(state.weight) or 100
     done = target >= 100
-    reason = (
-        f"{evidence.candidate.requests} candidate requests within thresholds"
-        f" at {state.weight}%; " + ("promoted to 100%" if done else f"next step {target}%")
+    tally = stats.step
+    why = (
+        f"proven no worse than {policy.margin:g}x the baseline (non-inferiority e-values"
+        f" >= {1 / policy.alpha:g})"
+        if early
+        else f"interval over with no regression evidence (rollback e-value"
+        f" {math.exp(min(reading.rollback, 700.0)):.2f} < {1 / policy.alpha:g})"
     )
-    event = _event(state, Action.PROMOTE, target, reason, now, evidence, policy)
-    return Decision(
+    reason = (
+        f"{tally.candidate.requests} candidate and {tally.baseline.requests} baseline"
+        f" requests at {state.weight}%, {why}; "
+        + ("promoted to 100%" if done else f"next step {target}%")
+    )
+    return _decide(
+        state,
         Action.PROMOTE,
+        target,
         reason,
-        state.evolve(
-            event,
-            weight=target,
-            phase=Phase.PROMOTED if done else Phase.RAMPING,
-            step_started=now,
-            reason=reason,
-        ),
-        event,
+        now,
+        facts,
+        phase=Phase.PROMOTED if done else Phase.RAMPING,
+        step_started=now,
+        stats=stats.new_step(),
+        thresholds_ms=step_thresholds(policy, None) or (),
     )
 
 
@@ -251,6 +432,7 @@ def initial_state(
         updated=now,
         reason=reason,
         events=((*previous.events, event) if previous else (event,)),
+        thresholds_ms=step_thresholds(policy, None) or (),
     )
 
 
@@ -305,6 +487,18 @@ def apply_command(
         reason=reason,
         by=by,
     )
+    # A resumed ramp judges a new step; a restarted one is a new ramp (new tests).
+    if command == "resume" and phase is Phase.PAUSED and state.stats is not None:
+        stats: RampStats | None = state.stats.new_step()
+    else:
+        stats = None
     return state.evolve(
-        event, weight=weight, phase=new_phase, step_started=now, checked=0.0, reason=reason
+        event,
+        weight=weight,
+        phase=new_phase,
+        step_started=now,
+        checked=0.0,
+        reason=reason,
+        stats=stats,
+        thresholds_ms=step_thresholds(policy, None) or (),
     )

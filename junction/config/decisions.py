@@ -250,43 +250,133 @@ def _milliseconds(value: Any) -> Any:
     return float(value)
 
 
-def _ratio(value: Any) -> Any:
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+Milliseconds = Annotated[float, BeforeValidator(_milliseconds)]
+
+
+#: Ramp keys that no longer mean anything, and what replaced them (named in the error).
+_REMOVED_RAMP_KEYS = {
+    "max-error-increase": (
+        "errors are judged by an anytime-valid test of the candidate against the baseline;"
+        " set alpha (its false-rollback rate for the whole ramp) and margin instead"
+    ),
+    "max-p99": (
+        "latency is judged by counting requests slower than latency-thresholds (ms) or the"
+        " baseline's latency-quantiles, with the same sequential test as errors"
+    ),
+    "max-p99-ratio": (
+        "latency is judged by counting requests slower than the baseline's"
+        " latency-quantiles (or fixed latency-thresholds) with an anytime-valid test"
+    ),
+    "p99-slack": (
+        "no slack is needed any more: the latency test keeps alpha however often it looks;"
+        " tune latency-quantiles or latency-thresholds instead"
+    ),
+}
+
+
+def _quantile(value: Any) -> Any:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 1 <= value <= 100
+        or not 0 < value < 1
     ):
-        raise PydanticCustomError("junction", "must be a ratio 1..100 (1.5: 50 % slower)")
+        raise PydanticCustomError("junction", "must be a quantile between 0 and 1 (0.99: p99)")
     return float(value)
 
 
-Fraction = Annotated[float, BeforeValidator(_fraction)]
-Milliseconds = Annotated[float, BeforeValidator(_milliseconds)]
+def _alpha(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 0.5
+    ):
+        raise PydanticCustomError(
+            "junction", "must be a probability in (0, 0.5] (0.05: 5 % of good candidates)"
+        )
+    return float(value)
+
+
+def _margin(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 1 < value <= 100
+    ):
+        raise PydanticCustomError("junction", "must be a ratio above 1 (1.5: 50 % worse)")
+    return float(value)
 
 
 class CanaryRamp(_Model):
     """The automatic ramp of a canary, driven by access-log outcomes (:mod:`junction.canary`).
 
-    The candidate starts at the first step and moves to the next after ``interval``
-    seconds at a step if both sides served at least ``min-requests`` (else: inconclusive,
-    hold) and no threshold is broken; it is rolled back (weight 0) as soon as one is.
-    Thresholds on the candidate: ``max-error-rate`` (absolute), ``max-error-increase``
-    (over the baseline's rate), ``max-p99`` (ms, absolute), ``max-p99-ratio`` (relative
-    to the baseline's p99; differences under ``p99-slack`` ms are ignored).
-    ``max-missing``: the share of log entries lost (Envoy's or the receiver's drops)
-    tolerated when promoting; above it the step is inconclusive.
+    The candidate starts at the first step. Anytime-valid tests (README "How canary
+    decisions are made") compare it with the baseline after every tick of access logs:
+
+    - ``alpha``: of ramps of a candidate as good as its baseline, at most this share is rolled
+      back, however often the controller looks (the whole ramp, every step together);
+    - rollback: on errors (5xx, resets), on requests slower than each latency threshold, and
+      the guardrail ``max-error-rate`` (an error rate no candidate may have, judged on a
+      time-uniform confidence bound, never on a raw ratio of few requests);
+    - latency thresholds, fixed when a step starts: ``latency-thresholds`` (ms), or else the
+      baseline's ``latency-quantiles`` over the ``latency-lookback`` seconds before the step
+      (``latency-quantiles: []`` and no thresholds: no latency test);
+    - promotion: after ``interval`` seconds at a step with ``min-requests`` on both sides, no
+      regression evidence, a split that matches the weights (within
+      ``sample-ratio-tolerance`` times the configured odds) and no more lost log entries than
+      ``max-missing``; earlier if the candidate is proven no worse than ``margin`` times the
+      baseline on every metric (a non-inferiority test at ``alpha``).
     """
 
     steps: tuple[Annotated[int, BeforeValidator(_step)], ...] = (1, 5, 10, 25, 50, 100)
     interval: Seconds = 60.0
     min_requests: Annotated[int, _int_in(1, 10_000_000)] = 100
-    max_error_rate: Fraction = 0.05
-    max_error_increase: Fraction | None = 0.01
-    max_p99: Milliseconds | None = None
-    max_p99_ratio: Annotated[float, BeforeValidator(_ratio)] | None = 1.5
-    p99_slack: Milliseconds = 5.0
+    alpha: Annotated[float, BeforeValidator(_alpha)] = 0.05
+    margin: Annotated[float, BeforeValidator(_margin)] = 1.5
+    max_error_rate: Fraction = 0.5
+    latency_quantiles: tuple[Annotated[float, BeforeValidator(_quantile)], ...] = (0.5, 0.9, 0.99)
+    latency_thresholds: tuple[Milliseconds, ...] | None = None
+    latency_lookback: Seconds = 120.0
+    sample_ratio_tolerance: Annotated[float, BeforeValidator(_margin)] = 1.5
     max_missing: Fraction = 0.0
+
+    @field_validator("max_error_rate")
+    @classmethod
+    def _guardrail(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise PydanticCustomError(
+                "junction", "must be above 0 and below 1 (0.5: no candidate may fail half)"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, replaced in _REMOVED_RAMP_KEYS.items():
+                if key in data:
+                    raise PydanticCustomError("junction", f"{key} was removed: {replaced}")
+        return data
+
+    @model_validator(mode="after")
+    def _latency(self) -> CanaryRamp:
+        if self.latency_thresholds is not None and "latency_quantiles" in self.model_fields_set:
+            raise PydanticCustomError(
+                "junction", "set latency-thresholds or latency-quantiles, not both"
+            )
+        for name in ("latency_thresholds", "latency_quantiles"):
+            values = getattr(self, name) or ()
+            if list(values) != sorted(set(values)):
+                key = name.replace("_", "-")
+                raise PydanticCustomError("junction", f"{key} must increase")
+        if self.latency_thresholds is not None and not 0 < len(self.latency_thresholds) <= 5:
+            raise PydanticCustomError("junction", "latency-thresholds: list 1 to 5 values")
+        if len(self.latency_quantiles) > 5:
+            raise PydanticCustomError("junction", "latency-quantiles: list at most 5 values")
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -7,12 +7,15 @@ import orjson
 import pytest
 
 from junction.als.record import LogRecord
-from junction.als.windows import Windows, bucket_edge, latency_bucket, snap_threshold
+from junction.als.windows import Windows
 from junction.canary.evidence import (
     EvidenceFormatError,
     SideCounts,
     StepEvidence,
     TickCounts,
+    bucket_edge,
+    latency_bucket,
+    snap_threshold,
 )
 
 

@@ -46,17 +46,21 @@ def test_ramp_defaults_and_values() -> None:
         BASE
         % (
             ", ramp: {steps: [10, 50, 100], interval: 2.5, min-requests: 20,"
-            " max-error-rate: 0.02, max-error-increase: null, max-p99: 250,"
-            " max-p99-ratio: 2, p99-slack: 1, max-missing: 0.01}"
+            " alpha: 0.001, margin: 2, max-error-rate: 0.2, latency-thresholds: [50, 250],"
+            " latency-lookback: 60, sample-ratio-tolerance: 1.2, max-missing: 0.01}"
         ),
         "c.yaml",
     )
     policy = policies(config)["web-api"]
     assert policy.steps == (10, 50, 100)
     assert (policy.interval, policy.min_requests) == (2.5, 20)
-    assert (policy.max_error_rate, policy.max_error_increase) == (0.02, None)
-    assert (policy.max_p99, policy.max_p99_ratio, policy.p99_slack) == (250.0, 2.0, 1.0)
+    assert (policy.alpha, policy.margin, policy.max_error_rate) == (0.001, 2.0, 0.2)
+    assert policy.latency_thresholds == (50.0, 250.0) and policy.latency_metrics == 2
+    assert (policy.latency_lookback, policy.sample_ratio_tolerance) == (60.0, 1.2)
     assert policy.max_missing == 0.01
+    config = load_config(BASE % ", ramp: {latency-quantiles: [0.9, 0.999]}", "c.yaml")
+    policy = policies(config)["web-api"]
+    assert policy.latency_quantiles == (0.9, 0.999) and policy.latency_thresholds is None
 
 
 @pytest.mark.parametrize(
@@ -74,10 +78,37 @@ def test_ramp_defaults_and_values() -> None:
             "versions.web-api.canary.ramp.max-error-rate: must be a fraction 0..1",
         ),
         (
-            "max-p99-ratio: 0.5",
-            "versions.web-api.canary.ramp.max-p99-ratio: must be a ratio 1..100",
+            "max-p99-ratio: 1.5",
+            "versions.web-api.canary.ramp: max-p99-ratio was removed: latency is judged by"
+            " counting requests slower than the baseline's latency-quantiles",
         ),
-        ("max-p99: -1", "versions.web-api.canary.ramp.max-p99: must be a number of milliseconds"),
+        (
+            "max-error-increase: 0.01",
+            "versions.web-api.canary.ramp: max-error-increase was removed: errors are judged"
+            " by an anytime-valid test",
+        ),
+        ("max-p99: 200", "versions.web-api.canary.ramp: max-p99 was removed: latency"),
+        ("p99-slack: 200", "versions.web-api.canary.ramp: p99-slack was removed"),
+        ("alpha: 0", "versions.web-api.canary.ramp.alpha: must be a probability in (0, 0.5]"),
+        ("alpha: 0.7", "versions.web-api.canary.ramp.alpha: must be a probability in (0, 0.5]"),
+        ("margin: 1", "versions.web-api.canary.ramp.margin: must be a ratio above 1"),
+        ("max-error-rate: 0", "versions.web-api.canary.ramp.max-error-rate: must be above 0"),
+        (
+            "latency-quantiles: [0.99, 0.5]",
+            "versions.web-api.canary.ramp: latency-quantiles must increase",
+        ),
+        (
+            "latency-quantiles: [1.5]",
+            "versions.web-api.canary.ramp.latency-quantiles[0]: must be a quantile",
+        ),
+        (
+            "latency-thresholds: [100], latency-quantiles: [0.5]",
+            "versions.web-api.canary.ramp: set latency-thresholds or latency-quantiles, not both",
+        ),
+        (
+            "latency-thresholds: []",
+            "versions.web-api.canary.ramp: latency-thresholds: list 1 to 5 values",
+        ),
         ("interval: 0", "versions.web-api.canary.ramp.interval: must be a number of seconds"),
         (
             "min-requests: 0",
