@@ -20,6 +20,12 @@ Every ``tick`` (0.5 s) and for every service with a ramp policy in the current c
    after the last checkpoint are judged again from the windows: the same counts give the
    same tests).
 
+**Fleet mode** (with a :class:`~junction.canary.coordinator.FleetCoordinator`: states in
+Consul): every replica offers its counts of the pending ticks, which the coordinator
+publishes; only the elected leader decides, on the merge of every replica's counts, and
+starts ramps. A leader that has just fixed a step's latency thresholds stores them before
+judging, so every replica counts against them. In file mode there is no coordinator.
+
 Every recorded decision is an event with its evidence: kept in the state (last 50), in
 :attr:`CanaryController.events`, logged, and appended to the events file when one is set
 (``junction report`` draws the ramp from it).
@@ -33,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from junction.als.envoy_drops import EnvoyDrops
 from junction.als.sinks import RotatingFile, dump_lines
@@ -44,6 +50,7 @@ from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 from junction.canary.step import (
     CanaryDecision,
+    closed_tick,
     initial_state,
     needs_write,
     pending_window,
@@ -51,6 +58,9 @@ from junction.canary.step import (
     step_thresholds,
 )
 from junction.canary.store import StateStore
+
+if TYPE_CHECKING:
+    from junction.canary.coordinator import FleetCoordinator
 from junction.config.model import Config
 
 __all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
@@ -104,8 +114,10 @@ class CanaryController:
         drops: EnvoyDrops | None = None,
         events_file: RotatingFile | None = None,
         clock: Callable[[], float] = time.time,
+        coordinator: FleetCoordinator | None = None,
     ) -> None:
         self.store = store
+        self._coordinator = coordinator
         self.windows = windows
         self._config = config
         self._tick = tick
@@ -137,21 +149,25 @@ class CanaryController:
             return []
         made: list[CanaryDecision] = []
         errors: list[str] = []
+        fleet = self._coordinator
+        deciding = await fleet.begin() if fleet is not None else True
         for policy in policies(config).values():
             try:
-                decision = await self._service(policy)
+                decision = await self._service(policy, deciding)
             except StoreError as exc:
                 errors.append(str(exc))
                 continue
             if decision is not None:
                 made.append(decision)
+        if fleet is not None:
+            await fleet.end()
         error = "; ".join(errors) or None
         if error and error != self.error:
             log.warning("canary controller: %s (ramps hold until the store answers)", error)
         self.error = error
         return made
 
-    async def _service(self, policy: CanaryPolicy) -> CanaryDecision | None:
+    async def _service(self, policy: CanaryPolicy, deciding: bool = True) -> CanaryDecision | None:
         stored = await self.store.get(policy.service)
         now = self._clock()
         state = stored.state if stored is not None else None
@@ -159,6 +175,8 @@ class CanaryController:
             policy.baseline,
             policy.candidate,
         ):
+            if not deciding:
+                return None  # in a fleet only the leader starts a ramp
             if stored is not None and stored.problem:
                 log.warning("%s; starting a new ramp over it", stored.problem)
             fresh = initial_state(policy, now, previous=state)
@@ -169,8 +187,19 @@ class CanaryController:
             return None
         if state.phase is not Phase.RAMPING:
             return None
-        working = fix_thresholds(self.windows, policy, state, now)
+        # A follower counts against the stored thresholds; only the decider fixes them.
+        working = fix_thresholds(self.windows, policy, state, now) if deciding else state
         evidence = gather_evidence(self.windows, policy, working, now)
+        if self._coordinator is not None:
+            merged = await self._fleet_evidence(policy, state, working, evidence, now, deciding)
+            if merged is None:
+                return None
+            assert stored is not None
+            if isinstance(merged, CanaryState):  # thresholds just fixed: store them first
+                if not await self.store.put(merged, index=stored.index):
+                    self.lost_races += 1
+                return None
+            evidence = merged
         decision = step(working, evidence, policy, now)
         self.latest[policy.service] = {
             "at": now,
@@ -189,6 +218,29 @@ class CanaryController:
             return None  # a checkpoint of the tests, not a decision
         self._record(decision.event)
         return decision
+
+    async def _fleet_evidence(
+        self,
+        policy: CanaryPolicy,
+        state: CanaryState,
+        working: CanaryState,
+        local: StepEvidence,
+        now: float,
+        deciding: bool,
+    ) -> StepEvidence | CanaryState | None:
+        """Offer this replica's counts; for the leader, the fleet's merged evidence (None:
+        hold this tick; ``working`` itself: its new thresholds must be stored first)."""
+        assert self._coordinator is not None
+        through = closed_tick(now, policy.settle, local.tick_seconds)
+        own = self._coordinator.offer(policy.service, through, local)
+        if not deciding:
+            return None
+        if working.thresholds_ms != state.thresholds_ms:
+            return working
+        merged, why = self._coordinator.evidence(policy.service, own)
+        if merged is None:
+            self.latest[policy.service] = {"at": now, "action": "hold", "reason": why}
+        return merged
 
     def _record(self, event: CanaryEvent) -> None:
         self.events.append(event)
@@ -211,4 +263,5 @@ class CanaryController:
             "envoy_drops": self._drops.status() if self._drops is not None else None,
             "recent_events": [e.to_json() for e in list(self.events)[-20:]],
             "latest": dict(sorted(self.latest.items())),
+            "fleet": self._coordinator.status() if self._coordinator is not None else None,
         }

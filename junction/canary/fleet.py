@@ -304,19 +304,26 @@ class EvidenceBoard:
     def due(self) -> bool:
         return self._clock() - self._last_publish >= self.interval
 
-    async def publish(self, services: Mapping[str, ServiceEvidence]) -> bool:
-        """Write this replica's evidence if :meth:`due` (else nothing); True if written."""
+    def encode(self, services: Mapping[str, ServiceEvidence]) -> bytes | None:
+        """The value to publish now (None: not :meth:`due`); counts it as published."""
         if not self.due():
-            return False
+            return None
         raw, _ = encode_bounded(
             Summary(self.replica, self._wall(), dict(services)),
             max_ticks=self.max_ticks,
             max_bytes=self.max_bytes,
         )
         self._last_publish = self._clock()
-        await self.store.request(f"publishing {self.key}", lambda c: c.kv.put(self.key, raw))
         self.published += 1
         self.last_bytes = len(raw)
+        return raw
+
+    async def publish(self, services: Mapping[str, ServiceEvidence]) -> bool:
+        """Write this replica's evidence if :meth:`due` (else nothing); True if written."""
+        raw = self.encode(services)
+        if raw is None:
+            return False
+        await self.store.request(f"publishing {self.key}", lambda c: c.kv.put(self.key, raw))
         return True
 
     async def read(self) -> None:

@@ -11,9 +11,15 @@ import pytest
 from consul_double import ConsulDouble
 
 from junction.als.record import LogRecord
-from junction.als.windows import Windows, snap_threshold
+from junction.als.windows import Windows
 from junction.canary.errors import StoreError
-from junction.canary.evidence import EvidenceFormatError, SideCounts, StepEvidence, TickCounts
+from junction.canary.evidence import (
+    EvidenceFormatError,
+    SideCounts,
+    StepEvidence,
+    TickCounts,
+    snap_threshold,
+)
 from junction.canary.fleet import (
     EvidenceBoard,
     ServiceEvidence,
