@@ -9,6 +9,7 @@
     junction extproc serve|sign-pin ...   (the decision service: junction.extproc.cli)
     junction als serve ...                (the access-log receiver alone: junction.als.cli)
     junction canary status|pause|resume|promote|abort [SERVICE] [--http HOST:PORT]
+    junction canary replay|simulate -c CONFIG ...   (offline: junction.canary.offline_cli)
     junction report --log PATH [--events PATH] [--png OUT.png]
 
 ``--consul-addr ADDR --consul-key KEY`` switch ``up`` and ``serve`` to Consul: config from

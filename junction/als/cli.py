@@ -24,6 +24,8 @@ Commands (:func:`add_parsers`)::
 
     junction als serve ...                       the receiver + controller alone
     junction canary status|pause|resume|promote|abort SERVICE [--http HOST:PORT]
+    junction canary replay -c CONFIG --log PATH [--log PATH ...] [--json]
+    junction canary simulate -c CONFIG --baseline-error P --candidate-error P --rps N --runs K
     junction report --log PATH [--events PATH] [--png OUT.png] [--control ARM]
 """
 
@@ -165,16 +167,27 @@ def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: i
     s.add_argument("--tick", type=_positive(float), default=0.5, help="controller period (s)")
     add_fleet_arguments(s)
 
-    c = sub.add_parser("canary", help="show or steer a canary ramp (over HTTP)")
-    c.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
-    c.add_argument("service", nargs="?", help="the service (status: all when omitted)")
-    c.add_argument(
-        "--http",
-        default="127.0.0.1:8081",
-        metavar="HOST:PORT",
-        help="the control plane's (or `junction als serve`'s) HTTP port",
-    )
-    c.add_argument("--json", action="store_true", help="print the raw JSON")
+    from junction.canary.offline_cli import add_offline_parsers
+
+    c = sub.add_parser("canary", help="show, steer, replay or simulate a canary ramp")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, helptext in (
+        ("status", "show every ramp, or one"),
+        ("pause", "freeze a ramp at its weight"),
+        ("resume", "continue a pause; restart a rollback or abort at the first step"),
+        ("promote", "send the candidate to 100 now"),
+        ("abort", "send the candidate to 0 now"),
+    ):
+        a = csub.add_parser(action, help=f"{helptext} (over HTTP)")
+        a.add_argument("service", nargs="?", help="the service (status: all when omitted)")
+        a.add_argument(
+            "--http",
+            default="127.0.0.1:8081",
+            metavar="HOST:PORT",
+            help="the control plane's (or `junction als serve`'s) HTTP port",
+        )
+        a.add_argument("--json", action="store_true", help="print the raw JSON")
+    add_offline_parsers(csub)
 
     r = sub.add_parser("report", help="experiment results and canary charts from access logs")
     r.add_argument("--log", required=True, action="append", help="JSON-lines access log(s)")
@@ -234,6 +247,14 @@ def _als(args: argparse.Namespace) -> int:
 
 
 def _canary(args: argparse.Namespace) -> int:
+    if args.action == "replay":
+        from junction.canary.offline_cli import run_replay
+
+        return run_replay(args)
+    if args.action == "simulate":
+        from junction.canary.offline_cli import run_simulate
+
+        return run_simulate(args)
     from junction.canary.cli import run
 
     return run(args)

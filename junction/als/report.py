@@ -8,7 +8,9 @@ Per experiment (requests tagged ``exp=NAME:ARM`` by the decision service), per a
 requests, error rate with its 95 % Wilson interval, p50/p95/p99, and against the control
 arm (``--control``, default ``control``): the difference in error rate with the
 two-proportion z-test, and the Mann-Whitney U test on latencies
-(:mod:`junction.als.stats`). ``--png`` draws, per canary, the candidate's weight and both
+(:mod:`junction.als.stats`); next to those fixed-horizon tests, the anytime-valid p-value
+of the error rates (:mod:`junction.als.anytime`), which stays valid however often a running
+experiment is looked at. ``--png`` draws, per canary, the candidate's weight and both
 sides' error rates over time (:mod:`junction.als.plot`).
 
 A line that is not a JSON object with the record's fields is skipped and counted; the
@@ -25,6 +27,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from junction.als.anytime import anytime_p, bucket_of
 from junction.als.errors import ReportError
 from junction.als.record import classify
 from junction.als.sinks import rotated_paths
@@ -37,6 +40,16 @@ __all__ = ["Experiment", "Report", "build_report", "read_events", "read_records"
 class Experiment:
     name: str
     arms: dict[str, ArmAccumulator] = field(default_factory=dict)
+    #: arm -> time bucket -> [requests, errors] (for the anytime-valid test).
+    buckets: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+
+    def anytime_p(self, arm: str, control: str) -> float:
+        """The anytime-valid p of ``arm``'s error rate against ``control``'s."""
+
+        def counts(name: str) -> dict[int, tuple[int, int]]:
+            return {b: (c[0], c[1]) for b, c in self.buckets.get(name, {}).items()}
+
+        return anytime_p(counts(arm), counts(control))
 
 
 @dataclass
@@ -112,6 +125,9 @@ def build_report(paths: Iterable[str], *, timeline: bool = False) -> Report:
         if acc is None:
             acc = exp.arms[arm_name] = ArmAccumulator(arm_name)
         acc.add(ms, failed)
+        cell = exp.buckets.setdefault(arm_name, {}).setdefault(bucket_of(t + ms / 1000), [0, 0])
+        cell[0] += 1
+        cell[1] += failed
     return report
 
 
@@ -148,6 +164,8 @@ def render(report: Report, control: str, alpha: float) -> str:
             "",
             f"experiment {name}: control arm {ctrl!r}; errors: two-proportion z-test;"
             f" latency: Mann-Whitney U (up to 20000 sampled latencies per arm); alpha {alpha:g}",
+            "  anytime p: anytime-valid p of the error rates (valid however often you look;"
+            " the z-test's p is valid only for one look at a size fixed in advance)",
             f"  {'arm':<16}{'requests':>9}{'errors':>8}  {'error rate [95% CI]':<26}"
             f"{'p50':>9}{'p95':>9}{'p99':>9}   vs control",
         ]
@@ -158,9 +176,12 @@ def render(report: Report, control: str, alpha: float) -> str:
             c = comps.get(arm_name)
             if c is not None:
                 diff = "-" if c.error_diff is None else f"{c.error_diff * 100:+.2f} pts"
+                anytime = exp.anytime_p(arm_name, ctrl)
                 verdict = (
                     f"errors {diff} p={c.error_p:.3g}"
-                    f" {'SIGNIFICANT' if c.errors_significant else 'not significant'};"
+                    f" {'SIGNIFICANT' if c.errors_significant else 'not significant'},"
+                    f" anytime p={anytime:.3g}"
+                    f" {'SIGNIFICANT' if anytime < alpha else 'not significant'};"
                     f" latency p={c.latency_p:.3g}"
                     f" {'SIGNIFICANT' if c.latency_significant else 'not significant'}"
                 )
@@ -182,7 +203,14 @@ def to_json(report: Report, control: str, alpha: float) -> dict[str, Any]:
         out["experiments"][name] = {
             "control": ctrl,
             "arms": {a: asdict(acc.result()) for a, acc in sorted(exp.arms.items())},
-            "comparisons": {a: c.to_json() for a, c in comparisons(exp, ctrl, alpha).items()},
+            "comparisons": {
+                a: {
+                    **c.to_json(),
+                    "anytime_error_p": (p := exp.anytime_p(a, ctrl)),
+                    "errors_significant_anytime": p < alpha,
+                }
+                for a, c in comparisons(exp, ctrl, alpha).items()
+            },
         }
     return out
 

@@ -22,7 +22,7 @@ than the horizon are counted in :attr:`Windows.late` and skipped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,6 +33,7 @@ from junction.canary.evidence import (
     SideCounts,
     StepEvidence,
     TickCounts,
+    bucket_edge,
     edge_bucket,
     latency_bucket,
 )
@@ -194,6 +195,40 @@ class Windows:
             counts.sketch.add(r.ms)
             b = latency_bucket(r.ms)
             counts.buckets[b] = counts.buckets.get(b, 0) + 1
+
+    def add_counts(
+        self,
+        key: WindowKey,
+        end: float,
+        failures: int,
+        latency_buckets: Mapping[int, int],
+    ) -> None:
+        """Count requests of one key that ended at ``end``, given as counts: ``failures`` of
+        them failed (as 5xx), ``latency_buckets`` maps :func:`latency_bucket` to requests.
+
+        For simulations that draw a tick's counts instead of its requests
+        (:mod:`junction.canary.simulate`): the slot, the key, the requests, failures and
+        slow counts are those :meth:`add` keeps for the same requests; the quantile sketch
+        gets each bucket's upper edge (buckets are 2 % wide)."""
+        now = self._clock()
+        end = min(end, now)
+        if end < now - self.horizon:
+            self.late += sum(latency_buckets.values())
+            return
+        index = int(end // self.slot_seconds)
+        slot = self._slots.get(index)
+        if slot is None:
+            slot = self._open(index)
+        counts = slot.get(key)
+        if counts is None:
+            counts = slot[key] = _Counts(self.relative_accuracy)
+        for b, n in latency_buckets.items():
+            if n:
+                counts.requests += n
+                counts.buckets[b] = counts.buckets.get(b, 0) + n
+                counts.sketch.add(bucket_edge(b), n)
+        counts.failures += failures
+        counts.server_errors += failures
 
     def note_missing(self, entries: int, at: float | None = None) -> None:
         """Record ``entries`` log entries known lost (dropped by Envoy or the receiver)."""
