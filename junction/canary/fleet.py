@@ -255,11 +255,12 @@ def merge_fleet(
 
 
 class _Seen:
-    __slots__ = ("changed", "index")
+    __slots__ = ("changed", "index", "summary")
 
-    def __init__(self, index: int, changed: float) -> None:
+    def __init__(self, index: int, changed: float, summary: Summary) -> None:
         self.index = index
         self.changed = changed
+        self.summary = summary  # parsed once per ModifyIndex
 
 
 class EvidenceBoard:
@@ -341,19 +342,21 @@ class EvidenceBoard:
         seen: dict[str, _Seen] = {}
         for entry in entries:
             key = str(entry.get("Key", ""))
+            index = int(entry.get("ModifyIndex", 0))
+            before = self._seen.get(key)
+            if before is not None and before.index == index:
+                seen[key] = before  # unchanged since the last read: not parsed again
+                summaries[before.summary.replica] = (before.summary, before.changed)
+                continue
             try:
                 summary = Summary.loads(entry.get("Value"))
             except EvidenceFormatError as exc:
                 problems[key] = f"{key}: not canary evidence ({exc})"
                 continue
-            index = int(entry.get("ModifyIndex", 0))
-            before = self._seen.get(key)
             if before is None:  # first sighting: trust the publisher's clock, never ahead
-                seen[key] = _Seen(index, now - max(0.0, wall - summary.published))
-            elif before.index != index:
-                seen[key] = _Seen(index, now)
+                seen[key] = _Seen(index, now - max(0.0, wall - summary.published), summary)
             else:
-                seen[key] = before
+                seen[key] = _Seen(index, now, summary)
             summaries[summary.replica] = (summary, seen[key].changed)
         self._seen, self.summaries, self.problems = seen, summaries, problems
 
