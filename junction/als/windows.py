@@ -13,6 +13,12 @@ Latency quantiles come from DDSketch (DataDog's ``ddsketch`` package; Masson, Ri
 VLDB 2019): every quantile is within ``relative_accuracy`` (1 %) of the true value, sketches
 of two slots merge exactly, and adding a value is O(1), none of which a sorted list gives.
 
+Each slot and key also keeps an exact latency histogram in 2 % buckets (a dict, about as
+large as the sketch): the canary counts "slower than a threshold" from it per slot, against
+thresholds known only when a step starts (:meth:`Windows.step_evidence`,
+:mod:`junction.canary.evidence`); counts of histograms add up exactly across replicas,
+which a sketch's interpolated quantiles would not.
+
 A request is placed by the time it *ended* (start + duration, Envoy's clock): that is when
 its outcome became known, and it keeps a 10-minute download from landing in a slot that is
 long gone. Ends in the future (clock skew between hosts) are clamped to now; ends older

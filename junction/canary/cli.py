@@ -61,6 +61,13 @@ def format_service(name: str, body: dict[str, Any], *, events: int = 5) -> str:
             f" alpha {policy.get('alpha')}, min-requests {policy['min_requests']},"
             f" max-error-rate {policy['max_error_rate']}"
         )
+    tests = body.get("tests")
+    if tests:
+        lines.append(
+            f"  tests: rollback e-value {tests.get('rollback_e')} (rolls back at"
+            f" {tests.get('reject_at')}), errors {tests.get('errors_e')}, latency"
+            f" {tests.get('latency_e')}, no-worse proof {tests.get('noninferior_e')}"
+        )
     for e in (body.get("events") or [])[-events:]:
         lines.append(
             f"  {_when(e['at'])} {e['action']:<12} {e['from_weight']:>3}% -> {e['to_weight']:>3}%"

@@ -52,16 +52,17 @@ from junction.canary.step import (
     CanaryDecision,
     closed_tick,
     initial_state,
+    judge_states,
     needs_write,
     pending_window,
     step,
     step_thresholds,
 )
-from junction.canary.store import StateStore
+from junction.canary.store import StateStore, Stored
+from junction.config.model import Config
 
 if TYPE_CHECKING:
     from junction.canary.coordinator import FleetCoordinator
-from junction.config.model import Config
 
 __all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
 
@@ -128,8 +129,9 @@ class CanaryController:
         self.error: str | None = None
         self.lost_races = 0
         self.ticks = 0
-        #: The latest decision per service, holds included, with the e-values it read.
-        self.latest: dict[str, dict[str, Any]] = {}
+        self._policies: tuple[Config, dict[str, CanaryPolicy]] | None = None
+        #: The latest decision per service, holds included (its evidence: the e-values).
+        self.latest: dict[str, CanaryDecision] = {}
 
     async def run(self) -> None:
         while True:
@@ -140,25 +142,57 @@ class CanaryController:
             await asyncio.sleep(self._tick)
 
     async def tick(self) -> list[CanaryDecision]:
-        """One pass over every ramp; returns the decisions recorded (with an event)."""
+        """One pass over every ramp; returns the decisions recorded (with an event).
+
+        Reads every state first, then folds all ramps' new ticks into their tests in one
+        stacked update (:func:`~junction.canary.step.judge_states`), then decides and
+        writes ramp by ramp."""
         self.ticks += 1
         if self._drops is not None:
             await self._drops.poll()
         config = self._config()
         if config is None:
             return []
-        made: list[CanaryDecision] = []
         errors: list[str] = []
+        ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
         fleet = self._coordinator
         deciding = await fleet.begin() if fleet is not None else True
-        for policy in policies(config).values():
+        now = self._clock()
+        if self._policies is None or self._policies[0] is not config:
+            self._policies = (config, policies(config))  # once per config, not per tick
+        for policy in self._policies[1].values():
             try:
-                decision = await self._service(policy, deciding)
+                read = await self._read(policy, now, deciding)
+                if read is None:
+                    continue
+                stored, state = read
+                # A follower counts against the stored thresholds; the decider fixes them.
+                working = fix_thresholds(self.windows, policy, state, now) if deciding else state
+                evidence = gather_evidence(self.windows, policy, working, now)
+                if fleet is not None:
+                    merged = await self._fleet_evidence(policy, stored, working, evidence, now)
+                    if merged is None:
+                        continue
+                    evidence = merged
+                ramps.append((policy, stored, working, evidence))
             except StoreError as exc:
                 errors.append(str(exc))
+        judged = judge_states([(w, ev, p) for p, _, w, ev in ramps], now)
+        made: list[CanaryDecision] = []
+        for (policy, stored, _, evidence), working in zip(ramps, judged, strict=True):
+            decision = step(working, evidence, policy, now)
+            self.latest[policy.service] = decision
+            stored_state = stored.state
+            assert stored_state is not None
+            if decision.event is None and not needs_write(
+                stored_state, decision.state, evidence.tick_seconds
+            ):
                 continue
-            if decision is not None:
-                made.append(decision)
+            try:
+                if await self._write(decision, stored.index):
+                    made.append(decision)
+            except StoreError as exc:
+                errors.append(str(exc))
         if fleet is not None:
             await fleet.end()
         error = "; ".join(errors) or None
@@ -167,9 +201,13 @@ class CanaryController:
         self.error = error
         return made
 
-    async def _service(self, policy: CanaryPolicy, deciding: bool = True) -> CanaryDecision | None:
+    async def _read(
+        self, policy: CanaryPolicy, now: float, deciding: bool = True
+    ) -> tuple[Stored, CanaryState] | None:
+        """The stored state of a ramp that is ramping; a missing, corrupt or other
+        candidate's state starts a new ramp (written here, only when ``deciding``; judged
+        from the next tick)."""
         stored = await self.store.get(policy.service)
-        now = self._clock()
         state = stored.state if stored is not None else None
         if state is None or (state.baseline, state.candidate) != (
             policy.baseline,
@@ -185,62 +223,43 @@ class CanaryController:
             else:
                 self.lost_races += 1
             return None
-        if state.phase is not Phase.RAMPING:
+        if state.phase is not Phase.RAMPING or stored is None:
             return None
-        # A follower counts against the stored thresholds; only the decider fixes them.
-        working = fix_thresholds(self.windows, policy, state, now) if deciding else state
-        evidence = gather_evidence(self.windows, policy, working, now)
-        if self._coordinator is not None:
-            merged = await self._fleet_evidence(policy, state, working, evidence, now, deciding)
-            if merged is None:
-                return None
-            assert stored is not None
-            if isinstance(merged, CanaryState):  # thresholds just fixed: store them first
-                if not await self.store.put(merged, index=stored.index):
-                    self.lost_races += 1
-                return None
-            evidence = merged
-        decision = step(working, evidence, policy, now)
-        self.latest[policy.service] = {
-            "at": now,
-            "action": decision.action.value,
-            "reason": decision.reason,
-            "evidence": decision.evidence,
-        }
-        if decision.event is None and not needs_write(state, decision.state, evidence.tick_seconds):
-            return None
-        assert stored is not None
-        if not await self.store.put(decision.state, index=stored.index):
-            # Another replica decided first; its state is read on the next tick.
-            self.lost_races += 1
-            return None
-        if decision.event is None:
-            return None  # a checkpoint of the tests, not a decision
-        self._record(decision.event)
-        return decision
+        return stored, state
 
     async def _fleet_evidence(
         self,
         policy: CanaryPolicy,
-        state: CanaryState,
+        stored: Stored,
         working: CanaryState,
         local: StepEvidence,
         now: float,
-        deciding: bool,
-    ) -> StepEvidence | CanaryState | None:
-        """Offer this replica's counts; for the leader, the fleet's merged evidence (None:
-        hold this tick; ``working`` itself: its new thresholds must be stored first)."""
+    ) -> StepEvidence | None:
+        """Offer this replica's counts; the leader gets the fleet's merged evidence (None:
+        nothing to judge this tick: a follower, a hold, or new thresholds stored first)."""
         assert self._coordinator is not None
         through = closed_tick(now, policy.settle, local.tick_seconds)
         own = self._coordinator.offer(policy.service, through, local)
-        if not deciding:
+        if self._coordinator.why_not is not None:
+            return None  # not deciding
+        if stored.state is not None and working.thresholds_ms != stored.state.thresholds_ms:
+            # Just fixed: store them so every replica counts against them, then judge.
+            if not await self.store.put(working, index=stored.index):
+                self.lost_races += 1
             return None
-        if working.thresholds_ms != state.thresholds_ms:
-            return working
-        merged, why = self._coordinator.evidence(policy.service, own)
-        if merged is None:
-            self.latest[policy.service] = {"at": now, "action": "hold", "reason": why}
+        merged, _ = self._coordinator.evidence(policy.service, own)
         return merged
+
+    async def _write(self, decision: CanaryDecision, index: int) -> bool:
+        """Store the decision's state at ``index``; True if it recorded an event."""
+        if not await self.store.put(decision.state, index=index):
+            # Another replica decided first; its state is read on the next tick.
+            self.lost_races += 1
+            return False
+        if decision.event is None:
+            return False  # a checkpoint of the tests, not a decision
+        self._record(decision.event)
+        return True
 
     def _record(self, event: CanaryEvent) -> None:
         self.events.append(event)
@@ -262,6 +281,14 @@ class CanaryController:
             "lost_races": self.lost_races,
             "envoy_drops": self._drops.status() if self._drops is not None else None,
             "recent_events": [e.to_json() for e in list(self.events)[-20:]],
-            "latest": dict(sorted(self.latest.items())),
+            "latest": {
+                name: {
+                    "at": d.at,
+                    "action": d.action.value,
+                    "reason": d.reason,
+                    "evidence": d.evidence,
+                }
+                for name, d in sorted(self.latest.items())
+            },
             "fleet": self._coordinator.status() if self._coordinator is not None else None,
         }

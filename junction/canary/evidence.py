@@ -23,6 +23,7 @@ ticks, never by the traffic.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,18 +82,19 @@ class SideCounts:
     slow: tuple[int, ...] = ()
 
     def __add__(self, other: SideCounts) -> SideCounts:
-        if len(self.slow) != len(other.slow):
-            if not self.requests and not self.slow:
-                return other
-            if not other.requests and not other.slow:
-                return self
-            raise EvidenceFormatError(
-                f"cannot add counts of {len(self.slow)} and {len(other.slow)} latency thresholds"
+        if len(self.slow) == len(other.slow):  # the usual case, kept cheap (per tick)
+            return SideCounts(
+                self.requests + other.requests,
+                self.errors + other.errors,
+                tuple(map(operator.add, self.slow, other.slow)),
             )
-        return SideCounts(
-            self.requests + other.requests,
-            self.errors + other.errors,
-            tuple(a + b for a, b in zip(self.slow, other.slow, strict=True)),
+        # Empty counts (no thresholds yet) add to anything.
+        if not self.requests and not self.slow:
+            return other
+        if not other.requests and not other.slow:
+            return self
+        raise EvidenceFormatError(
+            f"cannot add counts of {len(self.slow)} and {len(other.slow)} latency thresholds"
         )
 
     def to_json(self) -> list[Any]:

@@ -42,12 +42,14 @@ from junction.canary.sequential import (
 
 __all__ = [
     "GRID_POINTS",
+    "Job",
     "Layout",
     "RampStats",
     "Reading",
     "SequentialSettings",
     "StepTally",
     "judge",
+    "judge_many",
     "layout",
     "metric_weights",
     "read",
@@ -93,6 +95,10 @@ class Layout:
     em1_null: Floats
     const: Floats
     log_weights: Floats
+    #: The distinct rows of ``em1`` (errors, latency, guardrail, non-inferiority) and each
+    #: row's index in it: log1p is computed once per distinct grid, not once per row.
+    em1_distinct: Floats
+    em1_index: npt.NDArray[np.intp]
 
     @property
     def rows(self) -> int:
@@ -123,6 +129,10 @@ def layout(latency: int, margin: float, max_error_rate: float) -> Layout:
         em1_null=np.array(em1_null)[:, None],
         const=np.array(const),
         log_weights=np.log(np.array(metric_weights(latency))),
+        em1_distinct=np.array(
+            [np.expm1(ERRORS_GRID.deltas), np.expm1(LATENCY_GRID.deltas), zero, np.expm1(ni.deltas)]
+        ),
+        em1_index=np.array([0] + [1] * latency + [2] + [3] * (1 + latency), dtype=np.intp),
     )
 
 
@@ -275,7 +285,9 @@ def read(stats: RampStats) -> Reading:
     return Reading(rollback, v[0], tuple(v[1 : k + 1]), v[k + 1], tuple(v[k + 2 :]))
 
 
+@functools.lru_cache(maxsize=16)
 def layout_weights(latency: int) -> tuple[float, ...]:
+    """The logs of :func:`metric_weights`."""
     return tuple(math.log(w) for w in metric_weights(latency))
 
 
@@ -311,6 +323,18 @@ def _events(ticks: list[TickCounts], k: int) -> tuple[Floats, Floats, Floats]:
     return np.array(shares)[:, None, None], np.array(xs, float), np.array(ns, float)
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One ramp's newly closed ticks to fold into its tests (arguments of :func:`judge`)."""
+
+    stats: RampStats
+    ticks: list[TickCounts]
+    settings: SequentialSettings
+    step_from_tick: int
+    ratio_from_tick: int
+    missing: int = 0
+
+
 def judge(
     stats: RampStats,
     ticks: list[TickCounts],
@@ -327,46 +351,91 @@ def judge(
     these ticks. ``stats`` of another number of latency thresholds (the policy changed
     mid-ramp) are started over.
     """
-    k = settings.latency_metrics
-    if stats.latency != k:
-        stats = replace(RampStats.fresh(k), last_tick=stats.last_tick)
-    if not ticks:
-        if missing:
-            return replace(stats, step=replace(stats.step, missing=stats.step.missing + missing))
-        return stats
-    lay = layout(k, settings.margin, settings.max_error_rate)
-    pi, x, n = _events(ticks, k)
-    norm = np.log1p(pi * lay.em1) - np.log1p(pi * lay.em1_null) + lay.const
+    job = Job(stats, ticks, settings, step_from_tick, ratio_from_tick, missing)
+    return judge_many([job])[0]
+
+
+def judge_many(jobs: list[Job]) -> list[RampStats]:
+    """:func:`judge` for many ramps at once: ramps with one new tick and the same tests are
+    updated by one stacked numpy computation (the controller's usual case: 100 ramps cost
+    about what a few cost), the others one by one. Same results as :func:`judge` each."""
+    out: list[RampStats | None] = [None] * len(jobs)
+    stacks: dict[tuple[int, float, float], list[int]] = {}
+    prepared: list[Job] = []
+    for i, job in enumerate(jobs):
+        k = job.settings.latency_metrics
+        if job.stats.latency != k:
+            job = replace(job, stats=replace(RampStats.fresh(k), last_tick=job.stats.last_tick))
+        prepared.append(job)
+        if not job.ticks:
+            step = job.stats.step
+            out[i] = (
+                replace(job.stats, step=replace(step, missing=step.missing + job.missing))
+                if job.missing
+                else job.stats
+            )
+            continue
+        key = (k, job.settings.margin, job.settings.max_error_rate)
+        if len(job.ticks) == 1:
+            stacks.setdefault(key, []).append(i)
+        else:
+            grid, logs, combined = _update(layout(*key), [job], job.ticks)
+            out[i] = _result(job, grid[-1], logs[-1], float(combined.max()))
+    for key, members in stacks.items():
+        batch = [prepared[i] for i in members]
+        grid, logs, combined = _update(layout(*key), batch, [j.ticks[0] for j in batch])
+        for row, i in enumerate(members):
+            out[i] = _result(prepared[i], grid[row], logs[row], float(combined[row]))
+    return [s for s in out if s is not None]
+
+
+def _update(lay: Layout, jobs: list[Job], ticks: list[TickCounts]) -> tuple[Floats, Floats, Floats]:
+    """The stacked update: either one job's ticks in order (cumulated), or one tick of each
+    job. Returns the grids (N, rows, G), each row's log e-value (N, rows) and the rollback
+    average's log e-value (N,) after each tick or job."""
+    pi, x, n = _events(ticks, lay.latency)
+    norm = np.log1p(pi * lay.em1_distinct)[:, lay.em1_index, :]
+    norm -= np.log1p(pi * lay.em1_null) - lay.const
     grids = x[:, :, None] * lay.coef - n[:, :, None] * norm
-    if len(ticks) > 1:
-        grids = np.cumsum(grids, axis=0)
-    grids += stats.grid
+    if len(jobs) == 1:
+        if len(ticks) > 1:
+            grids = np.cumsum(grids, axis=0)
+        grids += jobs[0].stats.grid
+    else:
+        grids += np.stack([j.stats.grid for j in jobs])
+    grids.flags.writeable = False  # the rows become the ramps' (immutable) grids
     top = grids.max(axis=2, keepdims=True)
     logs = top[:, :, 0] + np.log(np.exp(grids - top).mean(axis=2))
-    roll = logs[:, : k + 2] + lay.log_weights
+    roll = logs[:, : lay.rollback_rows] + lay.log_weights
     roll_top = roll.max(axis=1, keepdims=True)
     combined = roll_top[:, 0] + np.log(np.exp(roll - roll_top).sum(axis=1))
-    grid = grids[-1]
-    grid.flags.writeable = False
+    return grids, logs, combined
+
+
+def _result(job: Job, grid: Floats, logs: Floats, peak: float) -> RampStats:
+    """The job's stats after its ticks: the new grid (a read-only row of the batch's
+    array), its values, and the counts."""
+    k = job.settings.latency_metrics
+    stats = job.stats
     tally = stats.step
     base_sum, cand_sum = tally.baseline, tally.candidate
     rb, rc = tally.ratio_baseline, tally.ratio_candidate
     requests, errors = stats.ramp_requests, stats.ramp_errors
-    for t in ticks:
+    for t in job.ticks:
         requests += t.candidate.requests
         errors += t.candidate.errors
-        if t.tick < step_from_tick:
+        if t.tick < job.step_from_tick:
             continue
         base_sum += _pad(t.baseline, k)
         cand_sum += _pad(t.candidate, k)
-        if t.tick >= ratio_from_tick:
+        if t.tick >= job.ratio_from_tick:
             rb, rc = rb + t.baseline.requests, rc + t.candidate.requests
     return RampStats(
         grid=grid,
-        values=tuple(logs[-1].tolist()),
-        last_tick=ticks[-1].tick,
-        peak=max(stats.peak, float(combined.max())),
+        values=tuple(logs.tolist()),
+        last_tick=job.ticks[-1].tick,
+        peak=max(stats.peak, peak),
         ramp_requests=requests,
         ramp_errors=errors,
-        step=StepTally(base_sum, cand_sum, rb, rc, tally.missing + missing),
+        step=StepTally(base_sum, cand_sum, rb, rc, tally.missing + job.missing),
     )

@@ -9,6 +9,7 @@ form the pure :func:`junction.canary.step.step` reads, so its tests need no YAML
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +75,12 @@ class CanaryPolicy:
 
     def test_settings(self) -> SequentialSettings:
         """What the sequential tests read (:mod:`junction.canary.monitor`)."""
-        return SequentialSettings(
-            alpha=self.alpha,
-            margin=self.margin,
-            max_error_rate=self.max_error_rate,
-            latency_metrics=self.latency_metrics,
-            sample_ratio_tolerance=self.sample_ratio_tolerance,
+        return _settings(
+            self.alpha,
+            self.margin,
+            self.max_error_rate,
+            self.latency_metrics,
+            self.sample_ratio_tolerance,
         )
 
     def thresholds(self) -> dict[str, Any]:
@@ -96,6 +97,14 @@ class CanaryPolicy:
             "sample_ratio_tolerance": self.sample_ratio_tolerance,
             "max_missing": self.max_missing,
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _settings(
+    alpha: float, margin: float, max_error_rate: float, latency: int, tolerance: float
+) -> SequentialSettings:
+    # Cached: the controller asks for every ramp twice a second.
+    return SequentialSettings(alpha, margin, max_error_rate, latency, tolerance)
 
 
 def policies(config: Config) -> dict[str, CanaryPolicy]:

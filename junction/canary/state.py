@@ -117,6 +117,15 @@ class CanaryState:
             changes.setdefault("updated", event.at)
         return replace(self, events=events, **changes)
 
+    def with_stats(self, stats: RampStats | None) -> CanaryState:
+        """A copy with other tests (the controller's per-tick path: cheaper than
+        :func:`dataclasses.replace`)."""
+        return CanaryState(
+            self.service, self.version, self.baseline, self.candidate, self.weight,
+            self.phase, self.step_started, self.updated, self.reason, self.checked,
+            self.events, self.thresholds_ms, stats,
+        )  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         return {
             "service": self.service,

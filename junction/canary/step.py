@@ -31,12 +31,21 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from junction.canary.errors import CommandError
-from junction.canary.evidence import SideCounts, StepEvidence, TickCounts, snap_threshold
-from junction.canary.monitor import RampStats, Reading, judge, metric_weights, read, sample_ratio
+from junction.canary.evidence import StepEvidence, TickCounts, snap_threshold
+from junction.canary.explain import SAMPLE_RATIO_ALPHA, decision_evidence, regression_reason
+from junction.canary.monitor import (
+    Job,
+    RampStats,
+    Reading,
+    judge_many,
+    read,
+    sample_ratio,
+)
 from junction.canary.policy import CanaryPolicy
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 
@@ -50,14 +59,13 @@ __all__ = [
     "closed_tick",
     "decision_evidence",
     "initial_state",
+    "judge_states",
     "needs_write",
     "pending_window",
     "step",
     "step_thresholds",
 ]
 
-#: The sample-ratio test's level: a false mismatch only delays a step, so it is strict.
-SAMPLE_RATIO_ALPHA = 0.001
 #: The controller stores the running tests at least this often (seconds of ticks) even
 #: without a decision; in between it re-judges from the last stored state (the windows
 #: still hold the ticks), so a new leader or a restart loses nothing.
@@ -167,39 +175,69 @@ def _due(
     return ticks
 
 
+def _job(
+    state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
+) -> Job | None:
+    """What :func:`judge_many` must fold for this ramp; None: nothing (tests up to date)."""
+    if state.phase is not Phase.RAMPING:
+        return None
+    ticks = _due(state, evidence, policy, now)
+    if not ticks and state.stats is not None:
+        return None
+    ts = evidence.tick_seconds
+    return Job(
+        state.stats or RampStats.fresh(policy.latency_metrics),
+        ticks,
+        policy.test_settings(),
+        step_from_tick=math.ceil(state.step_started / ts),
+        ratio_from_tick=math.ceil((state.step_started + policy.grace) / ts),
+        missing=evidence.missing if ticks else 0,
+    )
+
+
+def judge_states(
+    items: Sequence[tuple[CanaryState, StepEvidence, CanaryPolicy]], now: float
+) -> list[CanaryState]:
+    """Each ramp's state with its due ticks folded into its tests, all ramps at once (one
+    stacked update: the controller's way, for its CPU); :func:`step` on a result with the
+    same evidence then only decides. ``step`` alone gives the same decisions."""
+    jobs: list[Job] = []
+    where: list[int] = []
+    for i, (state, evidence, policy) in enumerate(items):
+        job = _job(state, evidence, policy, now)
+        if job is not None:
+            jobs.append(job)
+            where.append(i)
+    out = [state for state, _, _ in items]
+    for i, stats in zip(where, judge_many(jobs), strict=True):
+        out[i] = out[i].with_stats(stats)
+    return out
+
+
 def step(
     state: CanaryState, evidence: StepEvidence, policy: CanaryPolicy, now: float
 ) -> CanaryDecision:
     """Decide one step (the rules are in the module docstring)."""
     if state.phase is not Phase.RAMPING:
         return CanaryDecision(Action.HOLD, f"canary is {state.phase.value}", state)
-    settings = policy.test_settings()
     ts = evidence.tick_seconds
-    ticks = _due(state, evidence, policy, now)
+    job = _job(state, evidence, policy, now)
+    if job is not None:
+        state = state.with_stats(judge_many([job])[0])
     stats = state.stats
-    if ticks or stats is None:
-        stats = judge(
-            state.stats or RampStats.fresh(policy.latency_metrics),
-            ticks,
-            settings,
-            step_from_tick=math.ceil(state.step_started / ts),
-            ratio_from_tick=math.ceil((state.step_started + policy.grace) / ts),
-            missing=evidence.missing if ticks else 0,
-        )
-        state = replace(state, stats=stats)
+    assert stats is not None  # judged above when there were none
     reject = math.log(1.0 / policy.alpha)
     if stats.peak >= reject:
         facts = decision_evidence(state, policy, now, ts)
-        reason = _regression(stats, policy)
+        reason = regression_reason(stats, policy)
         return _decide(state, Action.ROLLBACK, 0, reason, now, facts, phase=Phase.ROLLED_BACK)
 
     tally = stats.step
-    reading = read(stats)
     enough = min(tally.baseline.requests, tally.candidate.requests) >= policy.min_requests
     proven = (
         enough
         and len(state.thresholds_ms) == policy.latency_metrics
-        and all(v >= reject for v in reading.noninferior)
+        and all(v >= reject for v in stats.values[stats.latency + 2 :])
     )
     age = now - state.step_started
     if age < policy.interval and not proven:
@@ -213,112 +251,46 @@ def step(
         reason = f"{policy.interval - age:.1f}s left at {state.weight}%"
         return CanaryDecision(Action.HOLD, reason, state, None, policy, now, ts)
     facts = decision_evidence(state, policy, now, ts, ratio)
-    restart = False
-    if not enough:
-        reason = (
-            f"too few requests to judge: candidate {tally.candidate.requests}, baseline"
-            f" {tally.baseline.requests} (min-requests {policy.min_requests}); holding at"
-            f" {state.weight}%"
-        )
-    elif mismatch:
-        counted = tally.ratio_candidate + tally.ratio_baseline
-        reason = (
-            f"sample ratio mismatch: the candidate got {tally.ratio_candidate / counted:.2%}"
-            f" of {counted} requests at a weight of {state.weight}% (e-value"
-            f" {math.exp(min(ratio, 700.0)):.0f} >= {1 / SAMPLE_RATIO_ALPHA:.0f}: broken"
-            f" routing, or one side's logs lost); not comparing unlike traffic, collecting"
-            f" again at {state.weight}%"
-        )
-        restart = True
-    elif lost > policy.max_missing:
-        reason = (
-            f"{tally.missing} log entries were lost in the step"
-            f" ({lost:.2%} > max-missing {policy.max_missing:.2%});"
-            f" not promoting on missing data, collecting again at {state.weight}%"
-        )
-        restart = True
-    else:
-        return _promote(state, stats, reading, policy, now, facts, early=age < policy.interval)
+    blocked = _blocked(state, stats, policy, ratio if mismatch else None, lost)
+    if blocked is None:
+        early = age < policy.interval
+        return _promote(state, stats, read(stats), policy, now, facts, early=early)
+    reason, restart = blocked
     return _inconclusive(state, stats, reason, policy, now, facts, restart)
 
 
-def decision_evidence(
+def _blocked(
     state: CanaryState,
+    stats: RampStats,
     policy: CanaryPolicy,
-    now: float,
-    tick_seconds: float,
-    sample_ratio_log_e: float | None = None,
-) -> dict[str, Any]:
-    """What a decision was made on (the event's ``evidence``, shown on /canary and /status):
-    the step's counts per side, the configured and observed shares, the ramp's candidate
-    totals, the e-values (reject at ``1/alpha``) and the anytime-valid p-value."""
-    stats = state.stats or RampStats.fresh(policy.latency_metrics)
+    mismatch: float | None,
+    lost: float,
+) -> tuple[str, bool] | None:
+    """Why the step cannot be promoted (and whether it starts over), or None: promote.
+    ``mismatch``: the sample-ratio log e-value when it rejected."""
     tally = stats.step
-    seen = tally.candidate.requests + tally.baseline.requests
-
-    def side(cluster: str, counts: SideCounts) -> dict[str, Any]:
-        return {
-            "cluster": cluster,
-            "requests": counts.requests,
-            "errors": counts.errors,
-            "error_rate": counts.errors / counts.requests if counts.requests else None,
-            "slow": list(counts.slow),
-        }
-
-    reading = replace(read(stats), sample_ratio=sample_ratio_log_e)
-    return {
-        "start": state.step_started,
-        "end": now,
-        "tick_seconds": tick_seconds,
-        "last_tick": stats.last_tick,
-        "baseline": side(policy.baseline, tally.baseline),
-        "candidate": side(policy.candidate, tally.candidate),
-        "share": {
-            "configured": state.weight / 100.0,
-            "observed": tally.candidate.requests / seen if seen else None,
-        },
-        "ramp_candidate": {"requests": stats.ramp_requests, "errors": stats.ramp_errors},
-        "missing": tally.missing,
-        "thresholds_ms": list(state.thresholds_ms),
-        "tests": {
-            **reading.to_json(policy.test_settings()),
-            "anytime_p": round(min(1.0, math.exp(-stats.peak)), 6),
-            "sample_ratio_reject_at": 1 / SAMPLE_RATIO_ALPHA,
-        },
-        "policy": policy.thresholds(),
-    }
-
-
-def _regression(stats: RampStats, policy: CanaryPolicy) -> str:
-    """The rollback's reason: the metric that weighs most in the e-value, with its counts."""
-    reading = read(stats)
-    weights = metric_weights(len(reading.latency))
-    values = [reading.errors, *reading.latency, reading.guardrail]
-    parts = [w * math.exp(min(v, 700.0)) for w, v in zip(weights, values, strict=True)]
-    top = max(range(len(parts)), key=parts.__getitem__)
-    tally = stats.step
-    if top == 0:
-        what = (
-            f"candidate errors {tally.candidate.errors} of {tally.candidate.requests}"
-            f" vs baseline {tally.baseline.errors} of {tally.baseline.requests} in this step"
-        )
-    elif top == len(parts) - 1:
-        what = (
-            f"candidate error rate above max-error-rate {policy.max_error_rate:.0%}"
-            f" ({stats.ramp_errors} of {stats.ramp_requests} over the ramp)"
-        )
-    else:
-        i = top - 1
-        c = tally.candidate.slow[i] if len(tally.candidate.slow) > i else 0
-        b = tally.baseline.slow[i] if len(tally.baseline.slow) > i else 0
-        what = (
-            f"candidate requests slower than threshold {i + 1}: {c} of"
-            f" {tally.candidate.requests} vs baseline {b} of {tally.baseline.requests}"
-        )
-    return (
-        f"regression: {what}; rollback e-value {math.exp(min(stats.peak, 700.0)):.1f}"
-        f" >= 1/alpha {1 / policy.alpha:g} (anytime p {math.exp(-stats.peak):.4f})"
-    )
+    if min(tally.baseline.requests, tally.candidate.requests) < policy.min_requests:
+        return (
+            f"too few requests to judge: candidate {tally.candidate.requests}, baseline"
+            f" {tally.baseline.requests} (min-requests {policy.min_requests}); holding at"
+            f" {state.weight}%"
+        ), False
+    if mismatch is not None:
+        counted = tally.ratio_candidate + tally.ratio_baseline
+        return (
+            f"sample ratio mismatch: the candidate got {tally.ratio_candidate / counted:.2%}"
+            f" of {counted} requests at a weight of {state.weight}% (e-value"
+            f" {math.exp(min(mismatch, 700.0)):.0f} >= {1 / SAMPLE_RATIO_ALPHA:.0f}: broken"
+            f" routing, or one side's logs lost); not comparing unlike traffic, collecting"
+            f" again at {state.weight}%"
+        ), True
+    if lost > policy.max_missing:
+        return (
+            f"{tally.missing} log entries were lost in the step"
+            f" ({lost:.2%} > max-missing {policy.max_missing:.2%});"
+            f" not promoting on missing data, collecting again at {state.weight}%"
+        ), True
+    return None
 
 
 def _decide(
@@ -488,10 +460,7 @@ def apply_command(
         by=by,
     )
     # A resumed ramp judges a new step; a restarted one is a new ramp (new tests).
-    if command == "resume" and phase is Phase.PAUSED and state.stats is not None:
-        stats: RampStats | None = state.stats.new_step()
-    else:
-        stats = None
+    resumed = command == "resume" and phase is Phase.PAUSED and state.stats is not None
     return state.evolve(
         event,
         weight=weight,
@@ -499,6 +468,6 @@ def apply_command(
         step_started=now,
         checked=0.0,
         reason=reason,
-        stats=stats,
+        stats=state.stats.new_step() if resumed and state.stats is not None else None,
         thresholds_ms=step_thresholds(policy, None) or (),
     )

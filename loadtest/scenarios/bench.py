@@ -185,7 +185,7 @@ def section(rows: list[tuple[Run, int, dict[str, Any]]], info: dict[str, str]) -
             "",
             f"Canary: the controller rolled {c['candidate']} back {c.get('rollback_at')} s into "
             f"the run, on {cand.get('requests')} candidate requests with an error rate of "
-            f"{_pct(cand.get('error_rate'))} (threshold 5 %). Locust's own count: "
+            f"{_pct(cand.get('error_rate'))} (anytime-valid test, alpha 5 %). Locust's own count: "
             f"{errors.get('failures', 0)} failures of {errors.get('requests', 0)} requests to "
             f"{c['candidate']}, none on {c['baseline']}"
             + (f"; {after['detail']} after the rollback + 2 s." if after else "."),

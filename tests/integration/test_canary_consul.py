@@ -41,7 +41,7 @@ versions:
     canary:
       version: go
       weight: 10
-      ramp: {{steps: [10, 50, 100], interval: 1.5, min-requests: 20, p99-slack: 500}}
+      ramp: {{steps: [10, 50, 100], interval: 1.5, min-requests: 20, alpha: 0.001}}
 """
 
 

@@ -1,8 +1,10 @@
 """The canary ramp end to end: real Envoy, real upstreams, access logs over gRPC, the
 controller, the state store, and route weights (or the decision service) following it.
 
-Short windows: steps of 1.5-2 s and 20 requests per side. The assertions are about what
-the controller decided and on what evidence, never about how fast the test ran.
+Short windows: steps of 1.5-4 s and 20 requests per side. The assertions are about what
+the controller decided and on what evidence, never about how fast the test ran. A sound
+test still rolls back an A/A ramp alpha of the time, so these ramps use alpha 0.001 (the
+suite stays deterministic in practice; the benchmark carries the statistical claim).
 """
 
 from __future__ import annotations
@@ -43,9 +45,7 @@ versions:
         steps: {steps}
         interval: {interval}
         min-requests: 20
-        max-error-rate: 0.05
-        # Loaded CI machines make latency noisy: judge p99 only on large differences.
-        p99-slack: 500
+        alpha: 0.001
 {experiments}"""
 
 EXPERIMENT = """\
@@ -93,7 +93,7 @@ async def all_on(listener: int, service: str, *, headers: dict[str, str] | None 
 
 async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_path: Path) -> None:
     perl, go, listener = free_port(), free_port(), free_port()
-    interval = 2.0
+    interval = 4.0
     cfg, instances = write_stack(
         tmp_path, config(listener, interval=interval, experiment=True), perl, go
     )
@@ -110,11 +110,11 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
         tally, stop = Tally(), asyncio.Event()
         traffic = asyncio.create_task(
             drive(
-                listener, "/api/x", count=10**6, concurrency=4, duration=90, stop=stop, tally=tally
+                listener, "/api/x", count=10**6, concurrency=4, duration=60, stop=stop, tally=tally
             )
         )
         try:
-            body = await until(canary_of(j), lambda b: phase(b) == "rolled_back", timeout=60)
+            body = await until(canary_of(j), lambda b: phase(b) == "rolled_back", timeout=50)
         finally:
             stop.set()
             await traffic
@@ -124,12 +124,13 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
         assert rollback["to_weight"] == 0 and body["state"]["weight"] == 0
         assert "promote" not in [e["action"] for e in events]
         evidence = rollback["evidence"]
-        # Decided within two windows of evidence, on the candidate's figures.
+        # Decided within two intervals of the step's start, on the candidate's counts, by
+        # the anytime-valid test reaching 1/alpha.
         assert evidence["end"] - evidence["start"] <= 2 * interval
         assert evidence["candidate"]["cluster"] == "web-api-go"
         assert evidence["candidate"]["error_rate"] > 0.05
-        assert evidence["candidate"]["requests"] >= 20
-        assert "max-error-rate" in rollback["reason"]
+        assert evidence["tests"]["rollback_e"] >= 1000 and evidence["tests"]["anytime_p"] <= 0.001
+        assert rollback["reason"].startswith("regression: ")
         # The baseline kept serving throughout: every failure came from the candidate.
         assert tally.errors == []
         assert set(tally.statuses) <= {200, 500}
@@ -175,12 +176,12 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path
         tally, stop = Tally(), asyncio.Event()
         traffic = asyncio.create_task(
             drive(
-                listener, "/api/x", count=10**6, concurrency=4, duration=120, stop=stop, tally=tally
+                listener, "/api/x", count=10**6, concurrency=4, duration=70, stop=stop, tally=tally
             )
         )
         try:
             body = await until(
-                canary_of(j), lambda b: phase(b) in ("promoted", "rolled_back"), timeout=90
+                canary_of(j), lambda b: phase(b) in ("promoted", "rolled_back"), timeout=60
             )
         finally:
             stop.set()
@@ -194,6 +195,8 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path
             if e["action"] == "promote":
                 assert e["evidence"]["candidate"]["requests"] >= 20
                 assert e["evidence"]["baseline"]["requests"] >= 20
+                assert e["evidence"]["tests"]["rollback_e"] < 1000
+                assert len(e["evidence"]["thresholds_ms"]) in (0, 3)
         assert tally.failures == 0
         await all_on(listener, "web-api-go")
 
@@ -215,6 +218,44 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(tmp_path: Path
     assert proc.returncode == 0, err.decode()
     assert "canary chart (web-api)" in out.decode()
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_both_versions_failing_alike_are_not_rolled_back(tmp_path: Path) -> None:
+    """A/A at 2 % errors: the old thresholds rolled 5 of 6 such runs back."""
+    perl, go, listener = free_port(), free_port(), free_port()
+    cfg, instances = write_stack(
+        tmp_path, config(listener, steps="[10, 50, 100]", interval=2.0), perl, go
+    )
+    extra = [
+        "--state-dir", str(tmp_path / "state"), "--als-flush-interval", "0.2",
+        "--extproc-workers", "0",
+    ]  # fmt: skip
+    async with (
+        upstreams([("web-api-perl", perl), ("web-api-go", go)]),
+        junction_up(tmp_path, cfg, instances, listener_port=listener, extra=extra) as j,
+    ):
+        await j.wait_acked()
+        for port in (perl, go):
+            await post(f"http://127.0.0.1:{port}/_control?error_rate=0.02")
+        tally, stop = Tally(), asyncio.Event()
+        traffic = asyncio.create_task(
+            drive(
+                listener, "/api/x", count=10**6, concurrency=4, duration=70, stop=stop, tally=tally
+            )
+        )
+        try:
+            body = await until(
+                canary_of(j), lambda b: phase(b) in ("promoted", "rolled_back"), timeout=60
+            )
+        finally:
+            stop.set()
+            await traffic
+        assert phase(body) == "promoted", body["events"]
+        assert "rollback" not in [e["action"] for e in body["events"]]
+        # Both sides really failed: the comparison was of two 2 % error rates.
+        assert tally.failures > 0
+        failing = [e for e in body["events"] if e["action"] == "promote"]
+        assert sum(e["evidence"]["baseline"]["errors"] for e in failing) > 0
 
 
 async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) -> None:
@@ -240,7 +281,7 @@ async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) 
         tally, stop = Tally(), asyncio.Event()
         traffic = asyncio.create_task(
             drive(
-                listener, "/api/x", count=10**6, concurrency=4, duration=120, stop=stop, tally=tally
+                listener, "/api/x", count=10**6, concurrency=4, duration=100, stop=stop, tally=tally
             )
         )
         try:
@@ -249,7 +290,7 @@ async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) 
                 async def weight() -> int:
                     return int(stored()["weight"]) if (state_dir / "web-api.json").exists() else 0
 
-                await until(weight, lambda w: w >= 25, timeout=60)
+                await until(weight, lambda w: w >= 25, timeout=35)
                 als.proc.send_signal(signal.SIGKILL)
                 await als.proc.wait()
             before = stored()
@@ -260,7 +301,7 @@ async def test_a_killed_controller_resumes_from_the_stored_step(tmp_path: Path) 
 
             async with als_serve(tmp_path, cfg, port=als_port, state_dir=state_dir, name="als2"):
                 final = await until(
-                    canary_of(j), lambda b: phase(b) in ("promoted", "rolled_back"), timeout=90
+                    canary_of(j), lambda b: phase(b) in ("promoted", "rolled_back"), timeout=45
                 )
         finally:
             stop.set()

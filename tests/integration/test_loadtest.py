@@ -164,8 +164,10 @@ def test_pinned_fails_on_a_stack_that_does_not_honour_pins(tmp_path: Path) -> No
 
 
 def test_canary_with_a_fault_is_rolled_back(tmp_path: Path) -> None:
+    # 15 s: the controller judges a second of logs once every Envoy has flushed it (about
+    # 3 s after it began), and "no failures after the rollback" needs traffic after that.
     rc, summary, out = run(
-        tmp_path, "canary", "--duration", "10", "--users", "10", "--rate", "150",
+        tmp_path, "canary", "--duration", "15", "--users", "10", "--rate", "150",
         "--stack", "free", timeout=110,
     )  # fmt: skip
     assert rc == 0, out

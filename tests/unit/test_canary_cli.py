@@ -152,3 +152,19 @@ def test_report_and_als_need_their_inputs(
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     assert main(["als", "serve"]) == 1
     assert "give -c CONFIG or --consul-addr with --consul-key" in capsys.readouterr().err
+
+
+def test_status_shows_the_tests_the_controller_decides_on() -> None:
+    body = {
+        "policy": None,
+        "state": {"phase": "ramping", "weight": 10, "candidate": "go", "baseline": "perl"},
+        "tests": {
+            "rollback_e": 3.2,
+            "reject_at": 20.0,
+            "errors_e": 5.1,
+            "latency_e": [0.9, 1.0],
+            "noninferior_e": [2.0, 1.5, 1.1],
+        },
+    }
+    text = canary_cli.format_service("web-api", body)
+    assert "tests: rollback e-value 3.2 (rolls back at 20.0), errors 5.1" in text

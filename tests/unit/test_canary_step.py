@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from junction.canary.errors import CommandError
+from junction.canary.errors import CommandError, StateFormatError
 from junction.canary.evidence import SideCounts, StepEvidence, TickCounts, snap_threshold
 from junction.canary.policy import CanaryPolicy
 from junction.canary.state import MAX_EVENTS, CanaryState, Phase
@@ -18,6 +18,7 @@ from junction.canary.step import (
     CanaryDecision,
     apply_command,
     initial_state,
+    judge_states,
     needs_write,
     pending_window,
     step,
@@ -346,3 +347,39 @@ def test_commands_that_do_not_apply(phase: Phase, command: str, message: str) ->
 def test_paused_canaries_do_not_step() -> None:
     paused = apply_command(start(), "pause", POLICY, 1.0)
     assert step(paused, ev(0, 50, cand=side(20, 18)), POLICY, 100.0).action is Action.HOLD
+
+
+def test_judging_all_ramps_at_once_decides_as_step_alone() -> None:
+    """The controller's stacked update (judge_states) then step() gives the same states and
+    decisions as step() on each ramp by itself."""
+    rng = np.random.default_rng(5)
+    states = [start() for _ in range(6)]
+    for now in range(3, 30):
+        evs = []
+        for i in range(6):
+            errors = int(rng.binomial(20, 0.3 if i == 0 else 0.01))
+            cand = side(20, errors, int(rng.binomial(20, 0.1)))
+            base = side(1980, int(rng.binomial(1980, 0.01)), int(rng.binomial(1980, 0.1)))
+            # Ramps 4 and 5 get two ticks at once (a controller that fell behind).
+            ticks = [TickCounts(now - 3, base, cand)] + (
+                [TickCounts(now - 4, base, cand)] if i >= 4 else []
+            )
+            evs.append(StepEvidence.of(1.0, (SLOW,), ticks))
+        together = judge_states([(s, e, POLICY) for s, e in zip(states, evs, strict=True)], now)
+        for i in range(6):
+            a = step(together[i], evs[i], POLICY, float(now))
+            b = step(states[i], evs[i], POLICY, float(now))
+            assert (a.action, a.reason, a.state) == (b.action, b.reason, b.state)
+            assert a.state.stats == b.state.stats
+            states[i] = a.state
+    assert states[0].phase is Phase.ROLLED_BACK and states[1].phase is not Phase.ROLLED_BACK
+
+
+def test_a_stored_state_with_broken_tests_is_named() -> None:
+    data = step(start(), ev(0, 8), POLICY, 8.0).state.to_json()
+    data["stats"]["grid"] = [[1.0, 2.0]]
+    with pytest.raises(StateFormatError, match=r"stats grid of shape \(1, 2\)"):
+        CanaryState.from_json(data)
+    data["stats"] = {"grid": "x"}
+    with pytest.raises(StateFormatError):
+        CanaryState.from_json(data)
