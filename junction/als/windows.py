@@ -57,7 +57,7 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("buckets", "failures", "requests", "resets", "server_errors", "sketch")
+    __slots__ = ("buckets", "failures", "pending", "requests", "resets", "server_errors", "sketch")
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -68,6 +68,17 @@ class _Counts:
         #: Exact latency histogram (bucket -> count, :func:`latency_bucket`): the canary's
         #: slow counts against thresholds only known when a step starts.
         self.buckets: dict[int, int] = {}
+        #: Latency buckets counted by :meth:`Windows.add_counts` but not yet in the sketch:
+        #: folded in once, when the sketch is read (:meth:`quantile_sketch`).
+        self.pending: dict[int, int] | None = None
+
+    def quantile_sketch(self) -> DDSketch:
+        """The latency sketch, every request counted (readers use this, not ``sketch``)."""
+        if self.pending:
+            for b, n in self.pending.items():
+                self.sketch.add(bucket_edge(b), n)
+            self.pending = None
+        return self.sketch
 
     def slow(self, bucket: int) -> int:
         """Requests in buckets above ``bucket`` (slower than its upper edge)."""
@@ -124,7 +135,7 @@ def _figures(parts: Iterable[_Counts], relative_accuracy: float) -> Figures:
         failures += c.failures
         server_errors += c.server_errors
         resets += c.resets
-        merged.merge(c.sketch)
+        merged.merge(c.quantile_sketch())
     if not requests:
         return Figures()
     return Figures(
@@ -215,7 +226,8 @@ class Windows:
         For simulations that draw a tick's counts instead of its requests
         (:mod:`junction.canary.simulate`): the slot, the key, the requests, failures and
         slow counts are those :meth:`add` keeps for the same requests; the quantile sketch
-        gets each bucket's upper edge (buckets are 2 % wide)."""
+        gets each bucket's upper edge (buckets are 2 % wide), once it is read (most
+        simulated sketches never are: adding to them was most of a simulated tick's cost)."""
         now = self._clock()
         end = min(end, now)
         if end < now - self.horizon:
@@ -228,11 +240,15 @@ class Windows:
         counts = slot.get(key)
         if counts is None:
             counts = slot[key] = _Counts(self.relative_accuracy)
+        pending = counts.pending
+        if pending is None:
+            pending = counts.pending = {}
+        buckets = counts.buckets
         for b, n in latency_buckets.items():
             if n:
                 counts.requests += n
-                counts.buckets[b] = counts.buckets.get(b, 0) + n
-                counts.sketch.add(bucket_edge(b), n)
+                buckets[b] = buckets.get(b, 0) + n
+                pending[b] = pending.get(b, 0) + n
         counts.failures += failures
         counts.server_errors += failures
 
@@ -301,7 +317,7 @@ class Windows:
         for index in self._indexes(start, end):
             for (_, k_cluster, _, k_source), counts in (self._slots.get(index) or {}).items():
                 if k_cluster == cluster and k_source == SOURCE_SPLIT:
-                    merged.merge(counts.sketch)
+                    merged.merge(counts.quantile_sketch())
         if not merged.count:
             return None
         return tuple(float(merged.get_quantile_value(q) or 0.0) for q in quantiles)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -99,6 +101,21 @@ def add_offline_parsers(csub: argparse._SubParsersAction) -> None:  # type: igno
     s.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
+@contextlib.contextmanager
+def _quiet_controller() -> Iterator[None]:
+    """The controller logs each decision (live, that is the operator's record); offline,
+    the command prints them itself, so the log says only what goes wrong (or everything,
+    at ``--log-level debug``)."""
+    log = logging.getLogger("junction.canary")
+    level = log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _config(path: str) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -147,9 +164,12 @@ def run_replay(
         if shown <= MAX_BAD_LINES_SHOWN:
             err.write(f"junction canary replay: {bad} (skipped)\n")
 
-    result = asyncio.run(
-        replay(config, read_log(args.log), tick=args.tick, on_event=on_event, on_bad_line=on_bad)
-    )
+    with _quiet_controller():
+        result = asyncio.run(
+            replay(
+                config, read_log(args.log), tick=args.tick, on_event=on_event, on_bad_line=on_bad
+            )
+        )
     if result.bad_lines > MAX_BAD_LINES_SHOWN:
         err.write(
             f"junction canary replay: {result.bad_lines - MAX_BAD_LINES_SHOWN} more malformed"
@@ -216,7 +236,8 @@ def run_simulate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         single_ramp(config, args.service)
     except ValueError as exc:
         raise JunctionError(str(exc)) from None
-    summary = summarize(simulate(sim, args.runs, seed=args.seed, workers=args.workers))
+    with _quiet_controller():
+        summary = summarize(simulate(sim, args.runs, seed=args.seed, workers=args.workers))
     if args.json:
         _, policy = single_ramp(config, args.service)
         body = {

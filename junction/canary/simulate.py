@@ -16,17 +16,19 @@ state's weight, as Envoy would apply it):
 - each side's errors ``~ Binomial(n_side, p_side)`` (``baseline_error``,
   ``candidate_error``);
 - latencies log-normal (median ``latency_ms``, shape ``latency_sigma``: a long right tail,
-  as service latencies have), the candidate's times ``latency_ratio``, drawn as counts per
-  latency bucket of the windows (a multinomial over the buckets' probabilities);
+  as service latencies have), the candidate's times ``latency_ratio``, counted per latency
+  bucket of the windows;
 - the counts go into the live :class:`~junction.als.windows.Windows`
   (:meth:`~junction.als.windows.Windows.add_counts`) in the slot the requests ended in;
   from there on everything is the live code. Drawing counts instead of building a record
   per request is what makes thousands of ramps take minutes rather than hours.
 
-A run ends at a rollback, at the promotion to 100 %, or after ``max_seconds`` (then it is
-*undecided*: the ramp still holds). Every run has its own generator seeded from
-(``seed``, run index) through numpy's ``SeedSequence``, so results do not depend on how
-runs are spread over worker processes.
+Before the ramp starts, the windows get ``latency-lookback`` seconds of the baseline's
+traffic alone (the service ran before its canary, and a step fixes its latency thresholds
+from the baseline's recent quantiles). A run ends at a rollback, at the promotion to
+100 %, or after ``max_seconds`` (then it is *undecided*: the ramp still holds). Every run
+has its own generator seeded from (``seed``, run index) through numpy's ``SeedSequence``,
+so results do not depend on how runs are spread over worker processes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from junction.als.record import SOURCE_SPLIT
 from junction.als.stats import wilson
 from junction.als.windows import WindowKey, Windows
 from junction.canary.controller import CanaryController
-from junction.canary.evidence import bucket_edge, latency_bucket
+from junction.canary.evidence import LATENCY_BUCKET_GROWTH
 from junction.canary.memstore import MemoryStateStore
 from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.replay import LIVE_HORIZON, LIVE_SLOT, LIVE_TICK, ManualClock
@@ -138,19 +140,17 @@ def min_ramp_seconds(policy: CanaryPolicy) -> float:
     return policy.interval * (len(policy.steps) - 1)
 
 
-def _bucket_probabilities(median_ms: float, sigma: float) -> tuple[int, npt.NDArray[np.float64]]:
-    """(first bucket, probabilities) of a log-normal latency over the windows' latency
-    buckets (:func:`~junction.als.windows.latency_bucket`: ``(g^(k-1), g^k]`` ms), the
-    tails beyond 6 sigma folded into the end buckets."""
-    if sigma == 0:
-        return latency_bucket(median_ms), np.ones(1)
-    low = latency_bucket(median_ms * math.exp(-6 * sigma))
-    high = latency_bucket(median_ms * math.exp(6 * sigma))
-    mu = math.log(median_ms)
-    edges = [math.log(bucket_edge(k)) for k in range(low - 1, high + 1)]
-    cdf = np.array([0.5 * math.erfc(-(e - mu) / (sigma * math.sqrt(2))) for e in edges])
-    cdf[0], cdf[-1] = 0.0, 1.0
-    return low, np.diff(cdf)
+_LOG_GROWTH = math.log(LATENCY_BUCKET_GROWTH)
+
+
+def latency_buckets(ms: npt.NDArray[np.float64]) -> dict[int, int]:
+    """Durations counted per latency bucket of the windows
+    (:func:`~junction.canary.evidence.latency_bucket`, vectorized: ``ceil(log(ms) / log g)``
+    with the same guard against rounding at an edge)."""
+    keys, counts = np.unique(
+        np.ceil(np.log(np.maximum(ms, 0.001)) / _LOG_GROWTH - 1e-9), return_counts=True
+    )
+    return dict(zip(keys.astype(np.int64).tolist(), counts.tolist(), strict=True))
 
 
 class _Generator:
@@ -159,13 +159,14 @@ class _Generator:
     def __init__(self, traffic: Traffic, policy: CanaryPolicy, rng: np.random.Generator) -> None:
         self.traffic = traffic
         self.rng = rng
-        base = _bucket_probabilities(traffic.latency_ms, traffic.latency_sigma)
-        cand = _bucket_probabilities(
-            traffic.latency_ms * traffic.latency_ratio, traffic.latency_sigma
-        )
+        mu = math.log(traffic.latency_ms)
         self.sides = (
-            (WindowKey("sim", policy.candidate, "", SOURCE_SPLIT), traffic.candidate_error, cand),
-            (WindowKey("sim", policy.baseline, "", SOURCE_SPLIT), traffic.baseline_error, base),
+            (
+                WindowKey("sim", policy.candidate, "", SOURCE_SPLIT),
+                traffic.candidate_error,
+                mu + math.log(traffic.latency_ratio),
+            ),
+            (WindowKey("sim", policy.baseline, "", SOURCE_SPLIT), traffic.baseline_error, mu),
         )
 
     def feed(self, windows: Windows, now: float, tick: float, weight: int) -> int:
@@ -177,13 +178,12 @@ class _Generator:
         # Every request of the tick lands in the slot of the tick's middle: ticks never
         # straddle slots when the slot is a multiple of the tick, as live (0.5 s in 1 s).
         end = now - tick / 2
-        for (key, p_err, (first, probs)), count in zip(self.sides, (n_c, n - n_c), strict=True):
+        sigma = self.traffic.latency_sigma
+        for (key, p_err, mu), count in zip(self.sides, (n_c, n - n_c), strict=True):
             if not count:
                 continue
             errors = int(rng.binomial(count, p_err))
-            drawn = rng.multinomial(count, probs)
-            hit = np.flatnonzero(drawn)
-            windows.add_counts(key, end, errors, {first + int(i): int(drawn[i]) for i in hit})
+            windows.add_counts(key, end, errors, latency_buckets(rng.lognormal(mu, sigma, count)))
         return n_c
 
 
@@ -197,6 +197,13 @@ async def _run(sim: Simulation, config: Config, policy: CanaryPolicy, seed: int)
     gen = _Generator(sim.traffic, policy, rng)
     limit = sim.max_seconds if sim.max_seconds is not None else 4 * min_ramp_seconds(policy)
     candidate_requests = promotions = ticks = 0
+    # The service ran before its canary: the baseline's recent latencies, from which a step
+    # fixes its latency thresholds, are there when the ramp starts, as live.
+    warm = min(policy.latency_lookback, LIVE_HORIZON)
+    for second in range(math.ceil(warm / LIVE_SLOT), 0, -1):
+        clock.now = start - (second - 1) * LIVE_SLOT
+        gen.feed(windows, clock.now, LIVE_SLOT, 0)
+    clock.now = start
     await controller.tick()  # the ramp starts at the first step
     while True:
         state = store.state(policy.service)

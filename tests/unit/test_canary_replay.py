@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import random
 from pathlib import Path
 
@@ -137,6 +138,12 @@ def test_replay_is_deterministic_and_rotation_does_not_change_it(
     assert len(files) >= 5  # really rotated: rot.jsonl, rot.jsonl.1, ...
     first = decisions(one)
     assert first[0] == 0 and len(first[1]) >= 2  # a start and at least one decision
+    # Replay judges the traffic as logged (a 10 % split): once it promotes to 50 %, the
+    # sample-ratio check sees the split disagree and holds, saying why.
+    assert [e["action"] for e in first[1][:2]] == ["start", "promote"]
+    assert any(
+        e["action"] == "inconclusive" and "sample ratio" in str(e["reason"]) for e in first[1]
+    )
     assert decisions(one) == first
     rc, events, err = decisions(rotated)
     assert rc == 0
@@ -182,13 +189,20 @@ def test_malformed_lines_are_named_counted_and_skipped(tmp_path: Path, config_fi
 
 
 def test_text_output_prints_each_decision_with_its_evidence(
-    tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    config_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     log = tmp_path / "access.jsonl"
     write_log(log, logged(60, go_error=0.30))
+    caplog.set_level(logging.INFO)  # as `junction --log-level info` (the default)
     rc = main(["canary", "replay", "-c", str(config_file), "--log", str(log)])
     out = capsys.readouterr().out
     assert rc == 0
+    # The decisions are printed once: the controller's own info log is quiet offline.
+    assert not [r for r in caplog.records if r.name == "junction.canary"]
+    assert logging.getLogger("junction.canary").level == logging.NOTSET  # restored
     assert "2026-01-01T00:00:00.010Z web-api start 0% -> 10%: ramp started" in out
     assert "web-api rollback 10% -> 0%" in out
     assert "\n  evidence: {" in out
