@@ -90,6 +90,11 @@ async def test_only_the_leader_decides_on_everyones_merged_counts(
         followers = [n for n in fleet if n != first]
         for i, name in enumerate(followers):  # followers publish; they do not decide
             c = fleet[name]
+
+            async def holder(c: FleetCoordinator = c) -> str | None:
+                return c.election.state.holder
+
+            await until(holder, lambda h: h == first, timeout=10)  # it has read the key
             assert await c.begin() is False
             assert c.why_not == f"not the leader ({first} leads)"
             c.offer("web", 12, counts({10: (10 * (i + 1), 1), 11: (5, 1), 12: (5, 1)}))
