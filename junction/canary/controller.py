@@ -157,6 +157,8 @@ class CanaryController:
         ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
         fleet = self._coordinator
         deciding = await fleet.begin() if fleet is not None else True
+        if fleet is not None and fleet.idle():
+            return []  # a follower between publications: nothing to count or decide
         now = self._clock()
         if self._policies is None or self._policies[0] is not config:
             self._policies = (config, policies(config))  # once per config, not per tick

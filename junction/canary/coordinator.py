@@ -156,6 +156,10 @@ class FleetCoordinator:
         self.why_not = None
         return True
 
+    def idle(self) -> bool:
+        """A follower with nothing to publish this tick: the controller may skip it."""
+        return self.why_not is not None and not self.board.due()
+
     def _follower_reason(self) -> str:
         state = self.election.state
         if state.problem and state.problem != "not started":

@@ -99,6 +99,7 @@ async def test_only_the_leader_decides_on_everyones_merged_counts(
             assert c.why_not == f"not the leader ({first} leads)"
             c.offer("web", 12, counts({10: (10 * (i + 1), 1), 11: (5, 1), 12: (5, 1)}))
             await c.end()
+            assert c.idle()  # published; nothing more to do until a second has passed
         lead = fleet[first]
         assert await lead.begin() is True and lead.why_not is None
         own = lead.offer("web", 11, counts({10: (1, 1), 11: (1, 1)}))
