@@ -80,9 +80,21 @@ class _Counts:
             self.pending = None
         return self.sketch
 
-    def slow(self, bucket: int) -> int:
-        """Requests in buckets above ``bucket`` (slower than its upper edge)."""
-        return sum(n for k, n in self.buckets.items() if k > bucket)
+    def slow(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """Per bucket of ``edges``: the requests in buckets above it (slower than its upper
+        edge). One pass over the histogram, whatever the number of edges."""
+        order = sorted(range(len(edges)), key=edges.__getitem__)
+        ascending = [edges[i] for i in order]
+        counts = [0] * len(edges)
+        for k, n in self.buckets.items():
+            for j, edge in enumerate(ascending):
+                if k <= edge:
+                    break  # not above this edge, so not above any higher one
+                counts[j] += n
+        out = [0] * len(edges)
+        for j, i in enumerate(order):
+            out[i] = counts[j]
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +358,7 @@ class Windows:
             for (_, k_cluster, _, k_source), c in bucket.items():
                 if k_source != SOURCE_SPLIT or k_cluster not in sides:
                     continue
-                sides[k_cluster] += SideCounts(
-                    c.requests, c.failures, tuple(c.slow(e) for e in edges)
-                )
+                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow(edges))
             if sides[baseline].requests or sides[candidate].requests:
                 ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
         return StepEvidence(

@@ -250,6 +250,17 @@ def _milliseconds(value: Any) -> Any:
     return float(value)
 
 
+def _ratio(value: Any) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 1 <= value <= 100
+    ):
+        raise PydanticCustomError("junction", "must be a ratio 1..100 (1.5: 50 % slower)")
+    return float(value)
+
+
 Fraction = Annotated[float, BeforeValidator(_fraction)]
 Milliseconds = Annotated[float, BeforeValidator(_milliseconds)]
 

@@ -167,7 +167,9 @@ def bootstrap_message(opts: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
                 transport_api_version=config_source_pb2.V3,
                 grpc_services=[
                     grpc_service_pb2.GrpcService(
-                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                            cluster_name=XDS_CLUSTER
+                        )
                     )
                 ],
                 # The node is identical on every request of a stream; send it once.

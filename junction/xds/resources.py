@@ -76,7 +76,8 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         frozen = {
-            t: MappingProxyType(dict(sorted(self.resources.get(t, {}).items()))) for t in ADS_ORDER
+            t: MappingProxyType(dict(sorted(self.resources.get(t, {}).items())))
+            for t in ADS_ORDER
         }
         object.__setattr__(self, "resources", MappingProxyType(frozen))
         # By key (the name resources are filed and sent under): then a type's version is

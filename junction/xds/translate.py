@@ -134,7 +134,9 @@ def translate(
     return Snapshot.build(
         {
             CLUSTER: [(n, build_cluster(config, n)) for n in names],
-            ENDPOINT: [(n, build_load_assignment(config, n, catalog.instances(n))) for n in names],
+            ENDPOINT: [
+                (n, build_load_assignment(config, n, catalog.instances(n))) for n in names
+            ],
             LISTENER: [(LISTENER_NAME, build_listener(config, options))],
             ROUTE: [(ROUTE_CONFIG_NAME, build_route_configuration(config))],
         },

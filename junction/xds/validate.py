@@ -398,18 +398,12 @@ def validate_bootstrap(doc: Mapping[str, Any], *, timeout: float = 60.0) -> None
         path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
         # Validate mode checks the config without binding ports or contacting upstreams;
         # hot restart is disabled so parallel runs never share Envoy's shared memory.
-        cmd = [
-            binary,
-            "--mode",
-            "validate",
-            "-c",
-            str(path),
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-        ]
+        cmd = [binary, "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+               "-l", "warning"]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, check=False
+            )
         except subprocess.TimeoutExpired as exc:
             out = _text(exc.stdout) + _text(exc.stderr)
             raise EnvoyValidationError(

@@ -180,3 +180,4 @@ def test_envoy_rejects_a_route_to_a_missing_cluster() -> None:
         envoy_validate(bad)
     assert info.value.returncode not in (None, 0)
     assert "no-such-cluster" in info.value.output
+

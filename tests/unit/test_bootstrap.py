@@ -93,10 +93,7 @@ def test_three_static_http2_grpc_clusters_on_loopback() -> None:
 def test_extproc_http_cluster_is_http1() -> None:
     cluster = clusters(bootstrap(opts(extproc_http_port=7003)))[EXTPROC_HTTP_CLUSTER]
     sock = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
-    assert (sock["socketAddress"]["address"], sock["socketAddress"]["portValue"]) == (
-        "127.0.0.1",
-        7003,
-    )
+    assert (sock["socketAddress"]["address"], sock["socketAddress"]["portValue"]) == ("127.0.0.1", 7003)
     options = cluster["typedExtensionProtocolOptions"][HTTP_OPTIONS]
     assert options["explicitHttpConfig"] == {"httpProtocolOptions": {}}
     assert options["commonHttpProtocolOptions"] == {"idleTimeout": "30s"}
@@ -120,9 +117,9 @@ def test_custom_hosts_and_ports() -> None:
     )  # fmt: skip
 
     def addr(name: str) -> tuple[str, int]:
-        sock = got[name]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"][
-            "socketAddress"
-        ]
+        sock = got[name]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"][
+            "address"
+        ]["socketAddress"]
         return sock["address"], sock["portValue"]
 
     assert addr(XDS_CLUSTER) == ("10.0.0.5", 18000)
@@ -132,14 +129,8 @@ def test_custom_hosts_and_ports() -> None:
 
 def test_als_and_extproc_can_be_omitted() -> None:
     no_http = {"extproc_http_port": None}
-    assert list(clusters(bootstrap(opts(als_port=None, **no_http)))) == [
-        XDS_CLUSTER,
-        EXTPROC_CLUSTER,
-    ]
-    assert list(clusters(bootstrap(opts(extproc_port=None, **no_http)))) == [
-        XDS_CLUSTER,
-        ALS_CLUSTER,
-    ]
+    assert list(clusters(bootstrap(opts(als_port=None, **no_http)))) == [XDS_CLUSTER, EXTPROC_CLUSTER]
+    assert list(clusters(bootstrap(opts(extproc_port=None, **no_http)))) == [XDS_CLUSTER, ALS_CLUSTER]
     assert list(clusters(bootstrap(opts(als_port=None, extproc_port=None, **no_http)))) == [
         XDS_CLUSTER
     ]

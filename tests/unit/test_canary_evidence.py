@@ -117,3 +117,15 @@ def test_windows_step_evidence_counts_per_tick_and_filters() -> None:
     assert w1.step_evidence(*args).merge(w2.step_evidence(*args)) == one.step_evidence(*args)
     assert one.canary_quantiles("base", 999.0, 1010.0, (0.5,)) is not None
     assert one.canary_quantiles("nobody", 999.0, 1010.0, (0.5,)) is None
+
+
+def test_slow_counts_match_a_direct_count_for_any_threshold_order() -> None:
+    clock = lambda: 1100.0  # noqa: E731
+    w = Windows(clock=clock)
+    durations = [0.5, 1.0, 3.0, 9.9, 10.0, 10.3, 29.0, 31.0, 250.0, 800.0]  # all end in 1000
+    w.add([rec(1000.1, "cand", ms=ms) for ms in durations])
+    for raw in ((10.0, 30.0), (30.0, 10.0), (100.0, 1.0, 30.0), (10.0, 10.0)):
+        edges = tuple(snap_threshold(x) for x in raw)
+        ev = w.step_evidence("base", "cand", edges, 999.0, 1001.0)
+        expected = tuple(sum(ms > e for ms in durations) for e in edges)
+        assert ev.ticks[0].candidate.slow == expected, raw

@@ -65,11 +65,7 @@ async def running(publisher: Publisher) -> AsyncIterator[None]:
 @pytest.fixture
 def parts() -> tuple[Publisher, RecordingCache, RecordingCatalog]:
     cache, catalog = RecordingCache(), RecordingCatalog()
-    return (
-        Publisher(cache, catalog, settle=0.01, min_interval=0.1, catalog_grace=1.0),
-        cache,
-        catalog,
-    )
+    return Publisher(cache, catalog, settle=0.01, min_interval=0.1, catalog_grace=1.0), cache, catalog
 
 
 async def test_publishes_when_config_and_instances_are_known(parts) -> None:  # type: ignore[no-untyped-def]
@@ -108,15 +104,9 @@ async def test_bad_config_keeps_the_last_good_one(parts) -> None:  # type: ignor
         await asyncio.sleep(0.3)
     assert len(cache.snapshots) == 1
     error = publisher.status()["config"]["last_error"]
-    assert (
-        "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100"
-        in error["message"]
-    )
+    assert "c.yaml: line 6: route.cluster.web-api-go.weight: must be an integer 0..100" in error["message"]
     assert publisher.status()["sources"]["c.yaml"]["ok"] is False
-    assert publisher.config is not None and publisher.config.cluster_names() == (
-        "web-api-go",
-        "web-api-perl",
-    )
+    assert publisher.config is not None and publisher.config.cluster_names() == ("web-api-go", "web-api-perl")
 
 
 async def test_reverting_to_the_good_text_clears_the_error(parts) -> None:  # type: ignore[no-untyped-def]

@@ -76,10 +76,8 @@ route:
 
 def with_cluster(extra: str, *, endpoint: str = "") -> Config:
     """MINIMAL plus a ``cluster.loadbalancer.svc`` body (and an ``endpoint.eds.svc`` body)."""
-    text = (
-        MINIMAL
-        + "cluster:\n  loadbalancer:\n    svc:\n"
-        + textwrap.indent(textwrap.dedent(extra), "      ")
+    text = MINIMAL + "cluster:\n  loadbalancer:\n    svc:\n" + textwrap.indent(
+        textwrap.dedent(extra), "      "
     )
     if endpoint:
         text += "endpoint:\n  eds:\n    svc:\n" + textwrap.indent(
@@ -200,9 +198,7 @@ def test_extra_filters_go_before_the_router_and_access_logs_are_kept() -> None:
     ]
     assert [a.name for a in hcm.access_log] == ["envoy.access_loggers.http_grpc"]
     # Options are part of the content: a snapshot with filters has another version.
-    assert (
-        translate(seed(), Catalog(), options=opts).version != translate(seed(), Catalog()).version
-    )
+    assert translate(seed(), Catalog(), options=opts).version != translate(seed(), Catalog()).version
 
 
 # ---- routes ----------------------------------------------------------------------------
@@ -537,10 +533,7 @@ def test_eds_port_overrides_every_instance_port_and_dedupes() -> None:
         for e in loc.lb_endpoints
     ]  # fmt: skip
     # 10.0.0.1 had two instances that both become :80; the healthy one is kept.
-    assert got == [
-        ("10.0.0.1", 80, health_check_pb2.HEALTHY),
-        ("10.0.0.2", 80, health_check_pb2.HEALTHY),
-    ]
+    assert got == [("10.0.0.1", 80, health_check_pb2.HEALTHY), ("10.0.0.2", 80, health_check_pb2.HEALTHY)]
 
 
 def test_instance_port_used_without_override() -> None:
@@ -612,16 +605,16 @@ def test_reordered_input_same_version() -> None:
         """
     )
     services = dict(seed_catalog().services)
-    shuffled = Catalog({name: tuple(reversed(services[name])) for name in reversed(list(services))})
+    shuffled = Catalog(
+        {name: tuple(reversed(services[name])) for name in reversed(list(services))}
+    )
     assert translate(reordered, shuffled).version == translate(seed(), seed_catalog()).version
 
 
 def test_any_change_changes_the_version() -> None:
     base = translate(seed(), seed_catalog())
-    cat = seed_catalog().replace(
-        "web-asset",
-        [Instance("10.0.1.31", 8081, zone="zone-a", region="r1", health=Health.DEGRADED)],
-    )
+    cat = seed_catalog().replace("web-asset", [Instance("10.0.1.31", 8081, zone="zone-a",
+                                                        region="r1", health=Health.DEGRADED)])
     changed = translate(seed(), cat)
     assert changed.version != base.version
     # Only the endpoints changed: the other types keep their versions (what delta xDS needs).
@@ -645,12 +638,8 @@ def _hand_built(
     """A small snapshot made by hand (translation never produces a bad one)."""
     base = translate(config(MINIMAL), Catalog({"svc": (Instance("10.0.0.1", 80),)}))
     cluster_template = the_cluster(base)
-    by_type: dict[str, list[tuple[str, object]]] = {
-        CLUSTER: [],
-        ENDPOINT: [],
-        LISTENER: [],
-        ROUTE: [],
-    }
+    by_type: dict[str, list[tuple[str, object]]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [],
+                                                    ROUTE: []}
     for name in clusters:
         c = cluster_pb2.Cluster()
         c.CopyFrom(cluster_template)
@@ -700,10 +689,9 @@ def test_check_finds_a_weighted_member_missing_and_zero_weights() -> None:
     action.weighted_clusters.clusters.add(name="gone").weight.value = 0
     bad = Snapshot.build(
         {
-            **{
-                t: [(n, r.message) for n, r in snap.of_type(t).items()]
-                for t in (CLUSTER, ENDPOINT, LISTENER)
-            },
+            **{t: [(n, r.message) for n, r in snap.of_type(t).items()] for t in (CLUSTER,
+                                                                                 ENDPOINT,
+                                                                                 LISTENER)},
             ROUTE: [(ROUTE_CONFIG_NAME, rc)],
         }
     )
