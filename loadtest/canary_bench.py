@@ -34,6 +34,7 @@ writes its section of docs/benchmarks.md (between ``<!-- canary-bench:start -->`
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -276,31 +277,83 @@ def max_seconds_for(row: Row) -> float:
     return 4 * INTERVAL * (len(row.steps) - 1)
 
 
-def run_all(runs: int, seed: int, workers: int, rps: float, only: Sequence[str]) -> list[Result]:
+def _load_cache(
+    path: Path | None, runs: int, seed: int, rps: float
+) -> dict[tuple[str, str], Result]:
+    """Rows already run with these settings (``--cache``: one JSON line per row and policy)."""
+    out: dict[tuple[str, str], Result] = {}
+    if path is None or not path.exists():
+        return out
+    by_name = {r.name: r for r in rows(rps)}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        row = by_name.get(doc["row"])
+        if row is None or (doc["runs"], doc["seed"], doc["rps"]) != (runs, seed, rps):
+            continue
+        outcomes = [RunOutcome(*o) for o in doc["outcomes"]]
+        out[(row.name, doc["policy"])] = Result(row, doc["policy"], outcomes, doc["cpu"])
+    return out
+
+
+def _save(path: Path | None, result: Result, runs: int, seed: int, rps: float) -> None:
+    if path is None:
+        return
+    doc = {
+        "row": result.row.name,
+        "policy": result.policy,
+        "runs": runs,
+        "seed": seed,
+        "rps": rps,
+        "cpu": result.cpu_seconds,
+        "outcomes": [
+            [o.outcome, o.seconds, o.candidate_requests, o.promotions] for o in result.outcomes
+        ],
+    }
+    with path.open("a") as f:
+        f.write(json.dumps(doc) + "\n")
+
+
+def run_all(
+    runs: int,
+    seed: int,
+    workers: int,
+    rps: float,
+    only: Sequence[str],
+    cache: Path | None = None,
+) -> list[Result]:
+    """Every chosen row under both policies, a row at a time (each spread over ``workers``
+    processes); with ``cache``, rows already there are read back and new ones appended, so
+    an interrupted run goes on where it stopped."""
     chosen = [r for r in rows(rps) if not only or any(o in r.name for o in only)]
     seeds = run_seeds(seed, runs)
     chunk = max(1, math.ceil(runs / (4 * workers)))
-    tasks = []
-    for row in chosen:
-        for policy in ("new", "old"):
-            for i in range(0, runs, chunk):
-                tasks.append((policy, row, seeds[i : i + chunk], max_seconds_for(row)))
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_timed, *t) for t in tasks]
-            done = [f.result() for f in futures]
-    else:
-        done = [_timed(*t) for t in tasks]
-    results: dict[tuple[str, str], Result] = {}
-    for (policy, row, _, _), (outcomes, cpu) in zip(tasks, done, strict=True):
-        key = (row.name, policy)
-        prev = results.get(key)
-        results[key] = Result(
-            row,
-            policy,
-            (prev.outcomes if prev else []) + outcomes,
-            (prev.cpu_seconds if prev else 0) + cpu,
-        )
+    results = _load_cache(cache, runs, seed, rps)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    # The rows the issue's claims rest on first, so an interrupted run has them.
+    first = ("A/A, 1 %", "+5 points", "+2 points", "latency x1.25")
+    order = sorted(chosen, key=lambda r: next((i for i, f in enumerate(first) if f in r.name), 9))
+    try:
+        for row in order:
+            for policy in ("new", "old"):
+                if (row.name, policy) in results:
+                    continue
+                tasks = [
+                    (policy, row, seeds[i : i + chunk], max_seconds_for(row))
+                    for i in range(0, runs, chunk)
+                ]
+                if pool is not None:
+                    done = [f.result() for f in [pool.submit(_timed, *t) for t in tasks]]
+                else:
+                    done = [_timed(*t) for t in tasks]
+                result = Result(
+                    row, policy, [o for part, _ in done for o in part], sum(c for _, c in done)
+                )
+                results[(row.name, policy)] = result
+                _save(cache, result, runs, seed, rps)
+                sys.stderr.write(f"done: {row.name} / {policy} ({result.cpu_seconds:.0f} s CPU)\n")
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return [results[(r.name, p)] for r in chosen for p in ("new", "old")]
 
 
@@ -393,8 +446,9 @@ def markdown(
         *[f"- {c}" for c in checks(results)],
         "",
         f"Machine: {os.cpu_count()} cores ({platform.machine()}), {workers} worker processes,"
-        f" {wall:,.0f} s wall; load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at"
-        f" end. CPU per simulated ramp: new {1000 * cpu['new'] / max(1, ramps['new']):.0f} ms,"
+        f" {wall:,.0f} s wall (this invocation); load average (1 min) {load[0]:.2f} at start,"
+        f" {load[1]:.2f} at end. CPU per simulated ramp:"
+        f" new {1000 * cpu['new'] / max(1, ramps['new']):.0f} ms,"
         f" old {1000 * cpu['old'] / max(1, ramps['old']):.0f} ms.",
         "",
         "Reproduce:",
@@ -425,10 +479,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rps", type=float, default=200.0)
     p.add_argument("--only", action="append", default=[], help="rows whose name contains this")
     p.add_argument("--out", type=Path, help="update this markdown file's section")
+    p.add_argument("--cache", type=Path, help="JSON lines of finished rows (resume a run)")
     args = p.parse_args(argv)
     load0 = os.getloadavg()[0]
     start = time.monotonic()
-    results = run_all(args.runs, args.seed, max(1, args.workers), args.rps, args.only)
+    results = run_all(args.runs, args.seed, max(1, args.workers), args.rps, args.only, args.cache)
     wall = time.monotonic() - start
     text = markdown(
         results, args.runs, args.seed, args.workers, args.rps, wall, (load0, os.getloadavg()[0])

@@ -57,7 +57,16 @@ class WindowKey(NamedTuple):
 
 
 class _Counts:
-    __slots__ = ("buckets", "failures", "pending", "requests", "resets", "server_errors", "sketch")
+    __slots__ = (
+        "buckets",
+        "failures",
+        "pending",
+        "requests",
+        "resets",
+        "server_errors",
+        "sketch",
+        "slow_cache",
+    )
 
     def __init__(self, relative_accuracy: float) -> None:
         self.requests = 0
@@ -71,6 +80,9 @@ class _Counts:
         #: Latency buckets counted by :meth:`Windows.add_counts` but not yet in the sketch:
         #: folded in once, when the sketch is read (:meth:`quantile_sketch`).
         self.pending: dict[int, int] | None = None
+        #: (edges, slow counts) of the last :meth:`slow_counts` (a slot is read at every
+        #: tick until judged, with the same edges; any count added clears it).
+        self.slow_cache: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def quantile_sketch(self) -> DDSketch:
         """The latency sketch, every request counted (readers use this, not ``sketch``)."""
@@ -95,6 +107,15 @@ class _Counts:
         for j, i in enumerate(order):
             out[i] = counts[j]
         return tuple(out)
+
+    def slow_counts(self, edges: tuple[int, ...]) -> tuple[int, ...]:
+        """:meth:`slow`, remembered until a count is added."""
+        cached = self.slow_cache
+        if cached is not None and cached[0] == edges:
+            return cached[1]
+        out = self.slow(edges)
+        self.slow_cache = (edges, out)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +245,7 @@ class Windows:
             counts.sketch.add(r.ms)
             b = latency_bucket(r.ms)
             counts.buckets[b] = counts.buckets.get(b, 0) + 1
+            counts.slow_cache = None
 
     def add_counts(
         self,
@@ -252,6 +274,7 @@ class Windows:
         counts = slot.get(key)
         if counts is None:
             counts = slot[key] = _Counts(self.relative_accuracy)
+        counts.slow_cache = None
         pending = counts.pending
         if pending is None:
             pending = counts.pending = {}
@@ -358,7 +381,7 @@ class Windows:
             for (_, k_cluster, _, k_source), c in bucket.items():
                 if k_source != SOURCE_SPLIT or k_cluster not in sides:
                     continue
-                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow(edges))
+                sides[k_cluster] += SideCounts(c.requests, c.failures, c.slow_counts(edges))
             if sides[baseline].requests or sides[candidate].requests:
                 ticks.append(TickCounts(index, sides[baseline], sides[candidate]))
         return StepEvidence(
