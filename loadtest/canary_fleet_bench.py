@@ -180,9 +180,9 @@ class SplitTraffic:
             (WindowKey("sim", policy.baseline, "", SOURCE_SPLIT), traffic.baseline_error, base),
         )
 
-    def feed(self, windows: Sequence[Windows], now: float, weight: int) -> int:
-        rng, share = self.rng, self.traffic.rps * TICK / len(windows)
-        end = now - TICK / 2  # in the slot of the tick's middle, as the simulator does
+    def feed(self, windows: Sequence[Windows], now: float, weight: int, span: float = TICK) -> int:
+        rng, share = self.rng, self.traffic.rps * span / len(windows)
+        end = now - span / 2  # in the slot of the span's middle, as the simulator does
         candidate = 0
         for w in windows:
             n = int(rng.poisson(share))
@@ -223,6 +223,13 @@ async def one_run(
         )  # fmt: skip
     gen = SplitTraffic(traffic, policy, rng)
     leader, followers = controllers[0], controllers[1:]
+    # As the simulator does: the service ran before its canary, so the baseline's recent
+    # latencies (a step's thresholds come from them) are in every replica's windows.
+    warm = min(policy.latency_lookback, 300.0)
+    for second in range(math.ceil(warm), 0, -1):
+        clock.now = T0 - (second - 1)
+        gen.feed(windows, clock.now, 0, span=1.0)
+    clock.now = T0
     await leader.tick()  # the ramp starts at the first step
     candidate_requests = promotions = ticks = 0
     while True:
