@@ -20,8 +20,12 @@ Junction and its tests use, as Consul documents it
   ``/v1/agent/check/pass|warn|fail/ID``, ``/v1/agent/check/update/ID`` (TTLs expire),
   ``/v1/agent/service/maintenance/ID`` and ``/v1/agent/maintenance``.
 * ``GET /v1/status/leader``.
+* Sessions and locks (:mod:`consul_sessions`): ``/v1/session/create|renew|destroy|info|list|
+  node``, TTL expiry at 2x TTL, lock-delay, ``PUT /v1/kv/KEY?acquire=ID`` and
+  ``?release=ID``, a key's ``Session`` and ``LockIndex``. TTLs, lock-delays and blocking
+  waits run on the double's clock: :meth:`~ConsulDouble.advance` moves it forward.
 
-What it does not implement it refuses loudly: ``filter`` expressions (400), sessions (400),
+What it does not implement it refuses loudly: ``filter`` expressions (400),
 other datacenters (500 "No path to datacenter"), checks Consul would run itself (400).
 
 Test helpers: :meth:`~ConsulDouble.put_kv`, :meth:`~ConsulDouble.catalog_register` (the JSON
@@ -93,9 +97,10 @@ class ConsulDouble:
         node_meta: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         ssl_context: ssl.SSLContext | None = None,
+        session_ttl_min: float = 10.0,
     ) -> None:
         self.node = node
-        self.state = ConsulState(node, node_address, node_meta)
+        self.state = ConsulState(node, node_address, node_meta, session_ttl_min=session_ttl_min)
         #: Every request received, in order (including those answered by fail_requests).
         self.requests: list[RequestRecord] = []
         self._host = host
@@ -178,6 +183,13 @@ class ConsulDouble:
             self._stalled.set()  # the held requests go on (their clients may be gone)
             self._stalled = None
 
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the double's clock: sessions whose TTL ran out are
+        invalidated, lock-delays end, and blocked queries whose wait ran out answer."""
+        self.state.clock.advance(seconds)
+        self.state.reap_sessions()
+        self.state.wake()
+
     def request_count(self, path_prefix: str = "/") -> int:
         return sum(1 for r in self.requests if r.path.startswith(path_prefix))
 
@@ -230,14 +242,14 @@ class ConsulDouble:
             wait = go_duration(query["wait"]) if "wait" in query else DEFAULT_WAIT
         except ValueError:
             raise ApiError(400, "Invalid wait time") from None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(wait if wait > 0 else DEFAULT_WAIT, MAX_WAIT)
+        clock = self.state.clock  # advance() wakes every blocked query to re-check its wait
+        deadline = clock.now() + min(wait if wait > 0 else DEFAULT_WAIT, MAX_WAIT)
         generation = self.state.generation
         while True:
             wakeup = self.state.wakeup
             index, result = compute()
             index = max(index, 1)  # Consul never answers index 0
-            remaining = deadline - loop.time()
+            remaining = deadline - clock.now()
             if min_index == 0 or index > min_index or remaining <= 0:
                 return index, result
             if self.state.generation != generation:  # a restore abandons the state store
@@ -289,6 +301,12 @@ class ConsulDouble:
         r.add_put("/v1/agent/check/{action:pass|warn|fail}/{id}", self._check_ttl)
         r.add_put("/v1/agent/check/update/{id}", self._check_update)
         r.add_get("/v1/status/leader", self._leader)
+        r.add_put("/v1/session/create", self._session_create)
+        r.add_put("/v1/session/renew/{id}", self._session_renew)
+        r.add_put("/v1/session/destroy/{id}", self._session_destroy)
+        r.add_get("/v1/session/info/{id}", self._session_info)
+        r.add_get("/v1/session/list", self._session_list)
+        r.add_get("/v1/session/node/{node}", self._session_node)
 
     @staticmethod
     async def _json(request: web.Request) -> Any:
@@ -322,8 +340,6 @@ class ConsulDouble:
 
     async def _kv_put(self, request: web.Request) -> web.Response:
         q = request.query
-        if "acquire" in q or "release" in q:
-            raise ApiError(400, "ConsulDouble does not implement sessions (acquire/release)")
         body = await request.read()
         if len(body) > MAX_VALUE:
             raise ApiError(
@@ -334,7 +350,13 @@ class ConsulDouble:
             cas = int(q["cas"]) if "cas" in q else None
         except ValueError:
             raise ApiError(400, "Invalid flags or cas") from None
-        return _reply(self.state.kv_put(request.match_info["key"], body or None, flags, cas))
+        key = request.match_info["key"]
+        # Consul's handler: ?acquire, then ?release, override ?cas (the last one set wins).
+        if "release" in q:
+            return _reply(self.state.kv_release(key, body or None, flags, q["release"]))
+        if "acquire" in q:
+            return _reply(self.state.kv_acquire(key, body or None, flags, q["acquire"]))
+        return _reply(self.state.kv_put(key, body or None, flags, cas))
 
     async def _kv_delete(self, request: web.Request) -> web.Response:
         q = request.query
@@ -420,3 +442,31 @@ class ConsulDouble:
 
     async def _leader(self, request: web.Request) -> web.Response:
         return _reply("127.0.0.1:8300")
+
+    async def _session_create(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise ApiError(400, f"Request decode failed: {exc}") from None
+        return _reply({"ID": self.state.session_create(body)})
+
+    async def _session_renew(self, request: web.Request) -> web.Response:
+        return _reply([self.state.session_renew(request.match_info["id"])])
+
+    async def _session_destroy(self, request: web.Request) -> web.Response:
+        return _reply(self.state.session_destroy(request.match_info["id"]))
+
+    async def _session_info(self, request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        index, sessions = await self._block(request, lambda: self.state.session_read(sid=sid))
+        return _reply(sessions, index)
+
+    async def _session_list(self, request: web.Request) -> web.Response:
+        index, sessions = await self._block(request, self.state.session_read)
+        return _reply(sessions, index)
+
+    async def _session_node(self, request: web.Request) -> web.Response:
+        node = request.match_info["node"]
+        index, sessions = await self._block(request, lambda: self.state.session_read(node=node))
+        return _reply(sessions, index)

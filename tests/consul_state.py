@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from consul_sessions import DoubleClock, Session, SessionsMixin, SessionTimers
+
 __all__ = [
     "ApiError",
     "Check",
@@ -116,16 +118,22 @@ class KVEntry:
     flags: int
     create_index: int
     modify_index: int
+    #: The session holding the key's lock ("" when unlocked), and how often it was locked.
+    session: str = ""
+    lock_index: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "Key": self.key,
             "Value": None if self.value is None else base64.b64encode(self.value).decode(),
             "Flags": self.flags,
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
-            "LockIndex": 0,
+            "LockIndex": self.lock_index,
         }
+        if self.session:  # Go's omitempty: no Session field on an unlocked key
+            out["Session"] = self.session
+        return out
 
 
 @dataclass
@@ -232,15 +240,29 @@ class Snapshot:
     service_index: dict[str, int] = field(default_factory=dict)
     extinction_index: int = 0
     catalog_index: int = 0
+    sessions: dict[str, Session] = field(default_factory=dict)
+    session_index: int = 0
 
 
-class ConsulState:
-    """KV, catalog and the agent of node ``node`` (with serfHealth and the consul service)."""
+class ConsulState(SessionsMixin):
+    """KV, catalog, sessions and the agent of node ``node`` (with serfHealth and the consul
+    service). ``session_ttl_min``: the server's ``session_ttl_min`` (Consul's default 10 s;
+    Consul servers may be configured lower, as tests do to keep take-overs short)."""
 
     def __init__(
-        self, node: str, node_address: str, node_meta: Mapping[str, str] | None = None
+        self,
+        node: str,
+        node_address: str,
+        node_meta: Mapping[str, str] | None = None,
+        *,
+        session_ttl_min: float = 10.0,
+        clock: DoubleClock | None = None,
     ) -> None:
         self.node = node
+        self.session_ttl_min = session_ttl_min
+        #: TTLs, lock-delays and blocking waits run on this clock (tests advance it).
+        self.clock = clock or DoubleClock()
+        self._timers = SessionTimers()
         #: Set (and replaced) on every change; blocked queries wait on it.
         self.wakeup = asyncio.Event()
         #: Raised by :meth:`restore`: blocked queries return at once, as on a raft restore.
@@ -258,10 +280,13 @@ class ConsulState:
         self._ensure_check(idx, serf)
 
     def close(self) -> None:
-        """Stop TTL timers."""
+        """Stop TTL timers (checks' and sessions')."""
         for timer in self._ttl_timers.values():
             timer.cancel()
         self._ttl_timers.clear()
+        if self._timers.handle is not None:
+            self._timers.handle.cancel()
+            self._timers.handle = None
 
     def snapshot(self) -> Snapshot:
         return copy.deepcopy(self._s)
@@ -274,6 +299,10 @@ class ConsulState:
         self._agent_checks &= {cid for n, cid in self._s.checks if n == self.node}
         for cid in set(self._ttl_timers) - self._agent_checks:
             self._ttl_timers.pop(cid).cancel()
+        # A new leader restarts the TTL timer of every session it has (session_ttl.go).
+        self._timers.deadlines.clear()
+        for session in self._s.sessions.values():
+            self._arm_session(session)
         self.generation += 1
         self._notify()
 
@@ -320,6 +349,8 @@ class ConsulState:
         check.modify_index = idx
         self._s.checks[(check.node, check.check_id)] = check
         self._touch_check(idx, check)
+        if check.status == "critical":
+            self.checks_changed(check.node, check.check_id)
 
     def _touch_check(self, idx: int, check: Check) -> None:
         if check.service_id:
@@ -331,6 +362,7 @@ class ConsulState:
         check = self._s.checks.pop((node, check_id), None)
         if check is not None:
             self._touch_check(idx, check)
+            self.checks_changed(node, check_id)
         if node == self.node:
             self._agent_checks.discard(check_id)
             timer = self._ttl_timers.pop(check_id, None)
@@ -434,7 +466,9 @@ class ConsulState:
         if cas is not None and (old.modify_index if old else 0) != cas:
             return False
         idx = self._next()
-        self._s.kv[key] = KVEntry(key, value, flags, old.create_index if old else idx, idx)
+        # A plain write keeps the key's lock (Consul's kvsSetTxn without updateSession).
+        held = (old.session, old.lock_index) if old else ("", 0)
+        self._s.kv[key] = KVEntry(key, value, flags, old.create_index if old else idx, idx, *held)
         self._s.kv_index = idx
         self._notify()
         return True

@@ -33,7 +33,7 @@ _COUNTERS = (
 
 
 class AlsMetrics(Collector):
-    """``status`` gives :meth:`junction.als.service.AlsService.status`'s plain data."""
+    """``status`` gives :meth:`junction.loop.service.AlsService.status`'s plain data."""
 
     def __init__(
         self,

@@ -20,6 +20,12 @@ Every ``tick`` (0.5 s) and for every service with a ramp policy in the current c
    after the last checkpoint are judged again from the windows: the same counts give the
    same tests).
 
+**Fleet mode** (with a :class:`~junction.canary.coordinator.FleetCoordinator`: states in
+Consul): every replica offers its counts of the pending ticks, which the coordinator
+publishes; only the elected leader decides, on the merge of every replica's counts, and
+starts ramps. A leader that has just fixed a step's latency thresholds stores them before
+judging, so every replica counts against them. In file mode there is no coordinator.
+
 Every recorded decision is an event with its evidence: kept in the state (last 50), in
 :attr:`CanaryController.events`, logged, and appended to the events file when one is set
 (``junction report`` draws the ramp from it).
@@ -33,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from junction.als.envoy_drops import EnvoyDrops
 from junction.als.evidence import StepEvidence
@@ -44,6 +50,7 @@ from junction.canary.policy import CanaryPolicy, policies
 from junction.canary.state import CanaryEvent, CanaryState, Phase
 from junction.canary.step import (
     CanaryDecision,
+    closed_tick,
     initial_state,
     judge_states,
     needs_write,
@@ -53,6 +60,9 @@ from junction.canary.step import (
 )
 from junction.canary.store import StateStore, Stored
 from junction.config.model import Config
+
+if TYPE_CHECKING:
+    from junction.canary.coordinator import FleetCoordinator
 
 __all__ = ["CanaryController", "fix_thresholds", "gather_evidence"]
 
@@ -105,8 +115,10 @@ class CanaryController:
         drops: EnvoyDrops | None = None,
         events_file: RotatingFile | None = None,
         clock: Callable[[], float] = time.time,
+        coordinator: FleetCoordinator | None = None,
     ) -> None:
         self.store = store
+        self._coordinator = coordinator
         self.windows = windows
         self._config = config
         self._tick = tick
@@ -145,20 +157,47 @@ class CanaryController:
             return []
         errors: list[str] = []
         ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]] = []
+        fleet = self._coordinator
+        deciding = await fleet.begin() if fleet is not None else True
+        if fleet is not None and fleet.idle():
+            return []  # a follower between publications: nothing to count or decide
         now = self._clock()
         if self._policies is None or self._policies[0] is not config:
             self._policies = (config, policies(config))  # once per config, not per tick
         for policy in self._policies[1].values():
             try:
-                read = await self._read(policy, now)
+                read = await self._read(policy, now, deciding)
+                if read is None:
+                    continue
+                stored, state = read
+                # A follower counts against the stored thresholds; the decider fixes them.
+                working = fix_thresholds(self.windows, policy, state, now) if deciding else state
+                evidence = gather_evidence(self.windows, policy, working, now)
+                if fleet is not None:
+                    merged = await self._fleet_evidence(policy, stored, working, evidence, now)
+                    if merged is None:
+                        continue
+                    evidence = merged
+                ramps.append((policy, stored, working, evidence))
             except StoreError as exc:
                 errors.append(str(exc))
-                continue
-            if read is not None:
-                stored, state = read
-                working = fix_thresholds(self.windows, policy, state, now)
-                evidence = gather_evidence(self.windows, policy, working, now)
-                ramps.append((policy, stored, working, evidence))
+        made = await self._decide(ramps, now, errors)
+        if fleet is not None:
+            await fleet.end()
+        error = "; ".join(errors) or None
+        if error and error != self.error:
+            log.warning("canary controller: %s (ramps hold until the store answers)", error)
+        self.error = error
+        return made
+
+    async def _decide(
+        self,
+        ramps: list[tuple[CanaryPolicy, Stored, CanaryState, StepEvidence]],
+        now: float,
+        errors: list[str],
+    ) -> list[CanaryDecision]:
+        """Fold every ramp's new ticks in one stacked update, then decide and write ramp by
+        ramp; store errors are appended to ``errors``. Returns the decisions recorded."""
         judged = judge_states([(w, ev, p) for p, _, w, ev in ramps], now)
         made: list[CanaryDecision] = []
         for (policy, stored, _, evidence), working in zip(ramps, judged, strict=True):
@@ -175,21 +214,22 @@ class CanaryController:
                     made.append(decision)
             except StoreError as exc:
                 errors.append(str(exc))
-        error = "; ".join(errors) or None
-        if error and error != self.error:
-            log.warning("canary controller: %s (ramps hold until the store answers)", error)
-        self.error = error
         return made
 
-    async def _read(self, policy: CanaryPolicy, now: float) -> tuple[Stored, CanaryState] | None:
+    async def _read(
+        self, policy: CanaryPolicy, now: float, deciding: bool = True
+    ) -> tuple[Stored, CanaryState] | None:
         """The stored state of a ramp that is ramping; a missing, corrupt or other
-        candidate's state starts a new ramp (written here; judged from the next tick)."""
+        candidate's state starts a new ramp (written here, only when ``deciding``; judged
+        from the next tick)."""
         stored = await self.store.get(policy.service)
         state = stored.state if stored is not None else None
         if state is None or (state.baseline, state.candidate) != (
             policy.baseline,
             policy.candidate,
         ):
+            if not deciding:
+                return None  # in a fleet only the leader starts a ramp
             if stored is not None and stored.problem:
                 log.warning("%s; starting a new ramp over it", stored.problem)
             fresh = initial_state(policy, now, previous=state)
@@ -201,6 +241,29 @@ class CanaryController:
         if state.phase is not Phase.RAMPING or stored is None:
             return None
         return stored, state
+
+    async def _fleet_evidence(
+        self,
+        policy: CanaryPolicy,
+        stored: Stored,
+        working: CanaryState,
+        local: StepEvidence,
+        now: float,
+    ) -> StepEvidence | None:
+        """Offer this replica's counts; the leader gets the fleet's merged evidence (None:
+        nothing to judge this tick: a follower, a hold, or new thresholds stored first)."""
+        assert self._coordinator is not None
+        through = closed_tick(now, policy.settle, local.tick_seconds)
+        own = self._coordinator.offer(policy.service, through, local)
+        if self._coordinator.why_not is not None:
+            return None  # not deciding
+        if stored.state is not None and working.thresholds_ms != stored.state.thresholds_ms:
+            # Just fixed: store them so every replica counts against them, then judge.
+            if not await self.store.put(working, index=stored.index):
+                self.lost_races += 1
+            return None
+        merged, _ = self._coordinator.evidence(policy.service, own)
+        return merged
 
     async def _write(self, decision: CanaryDecision, index: int) -> bool:
         """Store the decision's state at ``index``; True if it recorded an event."""
@@ -243,4 +306,5 @@ class CanaryController:
                 }
                 for name, d in sorted(self.latest.items())
             },
+            "fleet": self._coordinator.status() if self._coordinator is not None else None,
         }

@@ -41,7 +41,7 @@ from junction.config.model import Config
 
 __all__ = ["LIVE_HORIZON", "LIVE_SLOT", "LIVE_TICK", "ManualClock", "ReplayResult", "replay"]
 
-#: The live receiver's settings (``junction.als.service.AlsSettings``' defaults): the
+#: The live receiver's settings (``junction.loop.service.AlsSettings``' defaults): the
 #: controller's period, the windows' slot and horizon. Replay and simulation use the
 #: same, so what they decide is what a live replica would have decided.
 LIVE_TICK = 0.5

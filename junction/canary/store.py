@@ -26,10 +26,10 @@ import contextlib
 import fcntl
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -55,6 +55,8 @@ __all__ = [
     "default_state_dir",
     "make_store",
 ]
+
+T = TypeVar("T")
 
 #: The KV prefix of canary states. Junction's config lives under keys the operator
 #: chooses (``--consul-key``); this prefix is reserved for state Junction writes itself.
@@ -243,6 +245,14 @@ class ConsulStateStore(StateStore):
             return await make()
         except TRANSIENT_ERRORS as exc:
             raise StoreError(f"{what}: {self._endpoint.describe(exc)}") from None
+
+    async def request(self, what: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call(client)`` on this store's py-consul client: for the leader election and
+        the evidence published beside the states (:mod:`junction.canary.leader`,
+        :mod:`junction.canary.fleet`). Raises :class:`StoreError` naming ``what`` and the
+        address when Consul cannot be reached or answers an error."""
+        result: T = await self._call(what, lambda: call(self._c()))
+        return result
 
     def _key(self, service: str) -> str:
         if not service or "/" in service:

@@ -14,6 +14,11 @@ Flags of ``junction up`` and ``junction serve`` (:func:`add_run_arguments`)::
     --state-dir DIR          canary states as files (default: Consul KV with --consul-addr,
                              else ~/.local/state/junction/canary)
     --no-canary              receive and keep windows, but run no canary controller
+    --canary-replica ID      this replica's id in a fleet sharing Consul (default: the
+                             Envoy node id, else HOST-PID)
+    --canary-leader-ttl S    the leader's Consul session TTL (default 10 s)
+    --canary-lock-delay S    the session's lock-delay (default: the TTL)
+    --canary-stale-after S   a replica's evidence unchanged this long leaves the merge (10 s)
 
 Commands (:func:`add_parsers`)::
 
@@ -74,6 +79,36 @@ def add_run_arguments(s: argparse.ArgumentParser, port: Port, *, up: bool) -> No
     g.add_argument("--canary-events", metavar="PATH", help="canary decisions as JSON lines")
     g.add_argument("--state-dir", help="canary states as files in DIR (not Consul KV)")
     g.add_argument("--no-canary", action="store_true", help="run no canary controller here")
+    add_fleet_arguments(g)  # type: ignore[arg-type]
+
+
+def add_fleet_arguments(g: argparse.ArgumentParser) -> None:
+    """Flags of the fleet's decision (with Consul; junction.canary.coordinator)."""
+    g.add_argument("--canary-replica", default="", metavar="ID", help="this replica's id")
+    g.add_argument(
+        "--canary-leader-ttl", type=_positive(float), default=10.0, metavar="SECONDS",
+        help="session TTL of the replica that decides (Consul's minimum: 10 s by default)",
+    )  # fmt: skip
+    g.add_argument(
+        "--canary-lock-delay", type=float, default=None, metavar="SECONDS",
+        help="the session's lock-delay (default: the TTL)",
+    )  # fmt: skip
+    g.add_argument(
+        "--canary-stale-after", type=_positive(float), default=10.0, metavar="SECONDS",
+        help="drop a replica's evidence from the merge after this long without an update",
+    )  # fmt: skip
+
+
+def fleet_settings(args: argparse.Namespace, node_id: str = "") -> Any:
+    """A :class:`junction.canary.coordinator.FleetSettings` from the flags."""
+    from junction.canary.coordinator import FleetSettings
+
+    return FleetSettings(
+        replica=args.canary_replica or node_id,
+        leader_ttl=args.canary_leader_ttl,
+        lock_delay=args.canary_lock_delay,
+        stale_after=args.canary_stale_after,
+    )
 
 
 def run_settings(args: argparse.Namespace, *, up: bool) -> dict[str, Any]:
@@ -92,6 +127,7 @@ def run_settings(args: argparse.Namespace, *, up: bool) -> dict[str, Any]:
             log_backups=args.als_log_backups,
             events_path=args.canary_events,
             controller=not args.no_canary,
+            fleet=fleet_settings(args, getattr(args, "node_id", "") or ""),
         )
     external = args.als_port if args.no_als else None
     # serve: the Envoy's bootstrap comes from `junction bootstrap`, which always has the
@@ -134,6 +170,7 @@ def add_parsers(sub: argparse._SubParsersAction, port: Port) -> None:  # type: i
         action="store_true",
         help="allow the plaintext ALS port beyond loopback (no TLS here)",
     )
+    add_fleet_arguments(s)
 
     from junction.canary.offline_cli import add_offline_parsers
 
@@ -207,6 +244,7 @@ def _als(args: argparse.Namespace) -> int:
         max_queue_bytes=args.max_queue_bytes,
         slot_seconds=args.slot_seconds,
         tick=args.tick,
+        fleet=fleet_settings(args),
     )
     store = make_store(consul_addr=args.consul_addr, state_dir=args.state_dir)
     coro = run_als(

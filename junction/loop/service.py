@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,9 +28,10 @@ from junction.als.receiver import DEFAULT_MAX_MESSAGE_BYTES, create_server
 from junction.als.sinks import JsonLinesSink, RotatingFile, SinkRunner
 from junction.als.windows import Windows
 from junction.canary.controller import CanaryController
+from junction.canary.coordinator import FleetCoordinator, FleetSettings, make_coordinator
 from junction.canary.metrics import CanaryMetrics
 from junction.canary.state import CanaryState
-from junction.canary.store import StateStore
+from junction.canary.store import ConsulStateStore, StateStore
 from junction.config.model import Config
 from junction.tasks import cancel_all
 
@@ -61,6 +62,8 @@ class AlsSettings:
     tick: float = 0.5
     #: The window /als summarizes, in seconds.
     status_window: float = 60.0
+    #: With Consul: how the replicas elect the one that decides and share their evidence.
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024 or self.max_queue_bytes < self.max_message_bytes:
@@ -95,10 +98,15 @@ class AlsService:
         self.pipeline = Pipeline(self.windows, self.sinks, max_queue_bytes=s.max_queue_bytes)
         self.drops = EnvoyDrops(self.windows, envoy_admin)
         self.controller: CanaryController | None = None
+        #: With Consul (not in file mode): only the elected replica decides, on everyone's
+        #: evidence (junction.canary.coordinator).
+        self.coordinator: FleetCoordinator | None = None
         self._events: RotatingFile | None = None
         if s.controller and store is not None:
             if s.events_path:
                 self._events = RotatingFile(s.events_path, max_bytes=s.log_max_bytes)
+            if isinstance(store, ConsulStateStore):
+                self.coordinator = make_coordinator(store, s.fleet)
             self.controller = CanaryController(
                 store,
                 self.windows,
@@ -106,6 +114,7 @@ class AlsService:
                 tick=s.tick,
                 drops=self.drops,
                 events_file=self._events,
+                coordinator=self.coordinator,
             )
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,6 +130,8 @@ class AlsService:
             credentials=self._credentials,
         )
         self._tasks.append(asyncio.create_task(self.pipeline.run(), name="als-pipeline"))
+        if self.coordinator is not None:
+            self._tasks.append(asyncio.create_task(self.coordinator.run(), name="canary-leader"))
         if self.controller is not None:
             self._tasks.append(asyncio.create_task(self.controller.run(), name="canary"))
         else:
@@ -134,6 +145,8 @@ class AlsService:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
+        if self.coordinator is not None:
+            await self.coordinator.close()  # the next leader need not wait out the TTL
         if self._server is not None:
             await self._server.stop(grace=0.5)
             self._server = None
