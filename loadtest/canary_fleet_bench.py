@@ -20,7 +20,7 @@ Claims checked (the issue's): with 5 replicas, A/A false rollbacks stay at most 
 baseline matches the single receiver's within its interval (the median's 95 %
 distribution-free interval, from order statistics).
 
-    .venv/bin/python loadtest/canary_fleet_bench.py --runs 200 --workers 2 --out docs/benchmarks.md
+    .venv/bin/python loadtest/canary_fleet_bench.py --runs 600 --workers 2 --out docs/benchmarks.md
 
 writes its section of docs/benchmarks.md (between ``<!-- canary-fleet-bench:start -->`` and
 ``<!-- canary-fleet-bench:end -->``). ``--runs 10`` is a smoke test.
