@@ -75,9 +75,12 @@ def regression_reason(stats: RampStats, policy: CanaryPolicy) -> str:
     top = max(range(len(parts)), key=parts.__getitem__)
     tally = stats.step
     if top == 0:
+        # The errors test runs over the whole ramp: a step restarted by a sample-ratio or
+        # lost-log hold may have few counts of its own, so the ramp's are named too.
         what = (
-            f"candidate errors {tally.candidate.errors} of {tally.candidate.requests}"
-            f" vs baseline {tally.baseline.errors} of {tally.baseline.requests} in this step"
+            f"candidate errors {stats.ramp_errors} of {stats.ramp_requests} over the ramp"
+            f" ({tally.candidate.errors} of {tally.candidate.requests} vs baseline"
+            f" {tally.baseline.errors} of {tally.baseline.requests} in this step)"
         )
     elif top == len(parts) - 1:
         what = (
@@ -93,6 +96,6 @@ def regression_reason(stats: RampStats, policy: CanaryPolicy) -> str:
             f" {tally.candidate.requests} vs baseline {b} of {tally.baseline.requests}"
         )
     return (
-        f"regression: {what}; rollback e-value {math.exp(min(stats.peak, 700.0)):.1f}"
+        f"regression: {what}; rollback e-value {math.exp(min(stats.peak, 700.0)):.3g}"
         f" >= 1/alpha {1 / policy.alpha:g} (anytime p {math.exp(-stats.peak):.4f})"
     )

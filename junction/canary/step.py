@@ -280,7 +280,7 @@ def _blocked(
         return (
             f"sample ratio mismatch: the candidate got {tally.ratio_candidate / counted:.2%}"
             f" of {counted} requests at a weight of {state.weight}% (e-value"
-            f" {math.exp(min(mismatch, 700.0)):.0f} >= {1 / SAMPLE_RATIO_ALPHA:.0f}: broken"
+            f" {math.exp(min(mismatch, 700.0)):.3g} >= {1 / SAMPLE_RATIO_ALPHA:.0f}: broken"
             f" routing, or one side's logs lost); not comparing unlike traffic, collecting"
             f" again at {state.weight}%"
         ), True

@@ -155,10 +155,13 @@ async def test_a_failing_candidate_is_rolled_back_while_the_baseline_serves(tmp_
         assert "promote" not in [e["action"] for e in events]
         evidence = rollback["evidence"]
         # Decided within two intervals of the step's start, on the candidate's counts, by
-        # the anytime-valid test reaching 1/alpha.
+        # the anytime-valid test reaching 1/alpha. That test covers the whole ramp (the
+        # step's own counts start over after a sample-ratio or lost-log hold), so the
+        # candidate's failures are read from the ramp's totals.
         assert evidence["end"] - evidence["start"] <= 2 * interval
         assert evidence["candidate"]["cluster"] == "web-api-go"
-        assert evidence["candidate"]["error_rate"] > 0.05
+        ramp = evidence["ramp_candidate"]
+        assert ramp["requests"] > 0 and ramp["errors"] / ramp["requests"] > 0.05, evidence
         assert evidence["tests"]["rollback_e"] >= 1000 and evidence["tests"]["anytime_p"] <= 0.001
         assert rollback["reason"].startswith("regression: ")
         # The baseline kept serving throughout: every failure came from the candidate.

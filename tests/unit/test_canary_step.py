@@ -167,7 +167,7 @@ def test_a_failing_candidate_is_rolled_back_before_the_interval_with_the_evidenc
     d = step(start(), bad, POLICY, 5.0)  # ticks 0..2 judged: 12 of 60 vs 120 of 5940
     assert d.action is Action.ROLLBACK
     assert (d.state.weight, d.state.phase) == (0, Phase.ROLLED_BACK)
-    assert d.reason.startswith("regression: candidate errors 12 of 60 vs baseline 120 of 5940")
+    assert d.reason.startswith("regression: candidate errors 12 of 60 over the ramp (12 of 60 vs baseline 120 of 5940")
     assert ">= 1/alpha 20" in d.reason
     assert d.event is not None and d.event.to_weight == 0
     facts = d.event.evidence
