@@ -35,6 +35,7 @@ route:
   cluster:
     web-api-perl: {{prefix: ["/api"], weight: 90}}
     web-api-go:   {{prefix: ["/api"], weight: 10}}
+cluster: {{loadbalancer: {{web-api-perl: {{}}, web-api-go: {{}}}}}}
 versions:
   web-api:
     default: perl
