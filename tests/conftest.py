@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests run gRPC servers in this process and spawn Envoy with a preexec_fn (fork, then
+# exec). With gRPC's fork support on, a fork while a gRPC thread is busy can abort the
+# child before exec ("Check failed: next_worker->state == KICKED": Envoy "exited with -6
+# while starting"). `junction` itself turns it off in its CLI; do the same here, before
+# any test module imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
