@@ -12,8 +12,13 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
+
+import pytest
+from consul_double import ConsulDouble
+
+from junction.canary.store import ConsulStateStore
 
 # Tests `import fakes`, `consul_double`, ... from tests/: pyproject.toml's pytest
 # `pythonpath = ["tests"]` puts it on sys.path (no path hack here).
@@ -48,3 +53,20 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[ConsulDouble]:
+    """A Consul agent double on 127.0.0.1 (a test module may define its own ``double``)."""
+    async with ConsulDouble() as d:
+        yield d
+
+
+@pytest.fixture
+async def store(double: ConsulDouble) -> AsyncIterator[ConsulStateStore]:
+    """The canary's Consul state store on :func:`double`, closed after the test."""
+    s = ConsulStateStore(double.address)
+    try:
+        yield s
+    finally:
+        await s.close()

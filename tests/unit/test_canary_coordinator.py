@@ -36,21 +36,6 @@ def counts(ticks: dict[int, tuple[int, int]], thresholds: tuple[float, ...] = ()
     )  # fmt: skip
 
 
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    async with ConsulDouble() as d:
-        yield d
-
-
-@pytest.fixture
-async def store(double: ConsulDouble) -> AsyncIterator[ConsulStateStore]:
-    s = ConsulStateStore(double.address)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 @contextlib.asynccontextmanager
 async def replicas(
     double: ConsulDouble, store: ConsulStateStore, names: list[str]

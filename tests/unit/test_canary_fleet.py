@@ -4,7 +4,6 @@ publish/read cycle through py-consul against the Consul double."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -166,21 +165,6 @@ def test_bad_published_values_name_what_is_wrong(raw: bytes, message: str) -> No
 
 
 # ---- the board against the Consul double --------------------------------------------------
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    async with ConsulDouble() as d:
-        yield d
-
-
-@pytest.fixture
-async def store(double: ConsulDouble) -> AsyncIterator[ConsulStateStore]:
-    s = ConsulStateStore(double.address)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class Clock:

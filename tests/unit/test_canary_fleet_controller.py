@@ -75,12 +75,6 @@ def tick_records(rng: random.Random, now: float, weight: int, cand_error: float)
     return out
 
 
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    async with ConsulDouble() as d:
-        yield d
-
-
 @contextlib.asynccontextmanager
 async def consul_store(double: ConsulDouble) -> AsyncIterator[ConsulStateStore]:
     s = ConsulStateStore(double.address)

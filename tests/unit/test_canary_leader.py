@@ -64,21 +64,6 @@ def test_a_refused_acquire_is_a_follower() -> None:
 # ---- against the Consul double ----------------------------------------------------------
 
 
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    async with ConsulDouble() as d:
-        yield d
-
-
-@pytest.fixture
-async def store(double: ConsulDouble) -> AsyncIterator[ConsulStateStore]:
-    s = ConsulStateStore(double.address)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 class Contenders:
     """Replicas running elections on the double's clock; ``kill`` stops one without
     resigning (a crash)."""
